@@ -1,0 +1,61 @@
+"""The `Task` every reader returns: decoded uint8 images already at the backbone's input size."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+class DataError(ValueError):
+    """The data cannot be used as configured (the message names the path or value and the fix)."""
+
+
+# Roles of the VTAB-1k list files under each protocol: (training split, evaluation split).
+VTAB_PROTOCOL_SPLITS = {
+    "final": ("train800val200", "test"),
+    "tune": ("train800", "val200"),
+}
+
+
+@dataclass
+class Split:
+    """One split: `images` uint8 N×3×H×W, `labels` int64 N."""
+
+    name: str
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
+            raise DataError(f"split '{self.name}': images must be uint8 N×3×H×W, got "
+                            f"{self.images.dtype} {tuple(self.images.shape)}")
+        if len(self.images) != len(self.labels):
+            raise DataError(f"split '{self.name}': {len(self.images)} images but {len(self.labels)} labels")
+        if len(self.images) == 0:
+            raise DataError(f"split '{self.name}' is empty")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class Task:
+    """A classification task under one protocol: what to train on and what to evaluate on."""
+
+    name: str
+    benchmark: str
+    group: str
+    num_classes: int
+    train: Split
+    eval: Split
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for split in (self.train, self.eval):
+            lo, hi = int(split.labels.min()), int(split.labels.max())
+            if lo < 0 or hi >= self.num_classes:
+                raise DataError(
+                    f"task '{self.name}', split '{split.name}': label {hi if hi >= self.num_classes else lo} "
+                    f"is outside [0, {self.num_classes}); fix dataset.num_classes or the list file"
+                )

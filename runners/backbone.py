@@ -1,0 +1,75 @@
+"""timm backbones from the hub or a local checkpoint file, with a new task head."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from runners.errors import UserError
+
+CHECKPOINT_SUFFIXES = (".npz", ".safetensors", ".pth", ".pt", ".bin", ".tar")
+
+
+def weights_tag(backbone: DictConfig) -> str:
+    """What the backbone's weights are, for the results: a local file, a hub tag, or random init."""
+    if backbone.checkpoint:
+        return f"file:{Path(backbone.checkpoint).expanduser().resolve()}"
+    return f"timm:{backbone.model_name}" if backbone.pretrained else "random-init"
+
+
+def build_backbone(backbone: DictConfig, num_classes: int, drop_path: float = 0.0,
+                   load_weights: bool = True) -> nn.Module:
+    """Create `backbone.model_name` with a `num_classes` head (timm's init) and load its weights.
+
+    Weights come from `backbone.checkpoint` when set (Google's `.npz` through timm's own loader, or a
+    state dict in `.safetensors`/`.pth`; a pretrained head of another size is dropped), else from the
+    hub when `backbone.pretrained`. `load_weights=False` builds the architecture only (e.g. on the meta
+    device, to count parameters and FLOPs without weights).
+    """
+    name = backbone.model_name
+    if not timm.is_model(name):
+        raise UserError(f"timm has no model '{name}'; set backbone.model_name to a name from timm.list_models()")
+    kwargs = OmegaConf.to_container(backbone.kwargs, resolve=True) if backbone.kwargs else {}
+    kwargs.update(num_classes=num_classes, drop_path_rate=drop_path)
+
+    checkpoint = Path(backbone.checkpoint).expanduser() if backbone.checkpoint else None
+    if not load_weights or (checkpoint is None and not backbone.pretrained):
+        return timm.create_model(name, pretrained=False, **kwargs)
+
+    if checkpoint is not None:
+        if not checkpoint.is_file():
+            raise UserError(f"backbone checkpoint {checkpoint} does not exist; fix backbone.checkpoint=/path/to/"
+                            f"weights ({', '.join(CHECKPOINT_SUFFIXES)}) or drop it to load from the hub")
+        overlay = {"file": str(checkpoint), "custom_load": checkpoint.suffix == ".npz"}
+        try:
+            return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+        except Exception as e:  # any failure to read or map the file is the user's to fix
+            raise UserError(f"could not load backbone.checkpoint={checkpoint} into {name}: {_first_line(e)}") from e
+    try:
+        return timm.create_model(name, pretrained=True, **kwargs)
+    except Exception as e:  # hub unreachable, offline mode, missing cache
+        raise UserError(
+            f"could not load the pretrained weights of {name} from the Hugging Face hub ({_first_line(e)}); "
+            f"run once with network access or pass backbone.checkpoint=/path/to/weights"
+            f"{' (e.g. ViT-B_16.npz)' if 'vit_base_patch16' in name else ''}"
+        ) from e
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={device} but no CUDA device is available; use device=cpu or device=auto")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise UserError(f"unknown device '{device}'; use auto, cpu, cuda or cuda:N") from None

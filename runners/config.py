@@ -1,0 +1,79 @@
+"""The config tree: its schema (types of the top-level keys), resolvers and `compose` for tools and tests.
+
+The values live in `conf/`; this file holds types only, so Hydra rejects a bad override such as
+`epochs=ten` when composing, before anything runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = PROJECT_ROOT / "conf"
+
+# Keys that do not change what a run computes: a rerun that differs only in these is the same run.
+_NOT_IN_HASH = ("force", "paths", "logger", "device")
+
+
+@dataclass
+class RunSchema:
+    seed: int = MISSING
+    protocol: str = MISSING
+    epochs: int = MISSING
+    batch_size: int = MISSING
+    eval_batch_size: int = MISSING
+    eval_every: int = MISSING
+    label_smoothing: float = MISSING
+    grad_clip: float | None = MISSING
+    drop_path: float = MISSING
+    weight_decay_1d: bool = MISSING
+    amp: bool = MISSING
+    deterministic: bool = MISSING
+    device: str = MISSING
+    force: bool = MISSING
+    run_name: str = MISSING
+    paths: Any = MISSING
+    dataset: Any = MISSING
+    backbone: Any = MISSING
+    method: Any = MISSING
+    optimizer: Any = MISSING
+    scheduler: Any = MISSING
+    logger: Any = MISSING
+
+
+def _run_leaf(protocol: str, seed: int) -> str:
+    """`seed42` for the reported protocol; tuning runs (protocol=tune) live beside it as `tune-seed42`."""
+    return f"seed{seed}" if protocol == "final" else f"{protocol}-seed{seed}"
+
+
+def register() -> None:
+    ConfigStore.instance().store(name="schema", node=RunSchema)
+    OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
+    OmegaConf.register_new_resolver("run_leaf", _run_leaf, replace=True)
+
+
+register()
+
+
+def compose(overrides: Sequence[str] = ()) -> DictConfig:
+    """The config `train.py` would run with these command-line overrides."""
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return hydra_compose("train", overrides=list(overrides))
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """A short hash of everything that changes what a run computes."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    for key in _NOT_IN_HASH:
+        data.pop(key, None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]

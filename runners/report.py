@@ -1,0 +1,83 @@
+"""What a run reports: parameter counts, compute, memory, provenance. Each measured in one place."""
+
+from __future__ import annotations
+
+import platform
+import resource
+import subprocess
+from dataclasses import asdict, dataclass
+from importlib import metadata
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from methods.base import head_parameter_ids
+from runners.config import PROJECT_ROOT
+
+
+@dataclass(frozen=True)
+class ParamCounts:
+    """Trainable parameters without and with the task head, and all parameters of the tuned model.
+
+    Papers differ on which they print (SSF includes the head, NOAH/SCT/DyT exclude it): report both.
+    """
+
+    trainable_without_head: int
+    trainable_with_head: int
+    total: int
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def count_params(model: nn.Module) -> ParamCounts:
+    head = head_parameter_ids(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    with_head = sum(p.numel() for p in trainable)
+    in_head = sum(p.numel() for p in trainable if id(p) in head)
+    return ParamCounts(with_head - in_head, with_head, sum(p.numel() for p in model.parameters()))
+
+
+def gmacs_per_image(model: nn.Module, image_size: int, device: torch.device | str = "cpu") -> float:
+    """Multiply-accumulates of one forward pass, in G — the papers' (fvcore's) "GFLOPs".
+
+    torch's FlopCounterMode counts 2 FLOPs per multiply-add (ViT-B/16 at 224²: 35.13 G), so this is
+    half its total (17.56 G). Works on the meta device, so no weights are needed.
+    """
+    was_training = model.training
+    model.eval()
+    x = torch.zeros(1, 3, image_size, image_size, device=device)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    model.train(was_training)
+    return counter.get_total_flops() / 2e9
+
+
+def peak_memory(device: torch.device) -> tuple[float, str]:
+    """Peak memory in MiB and what it measures: CUDA max allocated, or the process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_peak_rss"
+
+
+def git_commit() -> str | None:
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{head}-dirty" if dirty else head
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for dist in ("vpeft", "torch", "timm", "hydra-core", "omegaconf", "numpy", "safetensors"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = "not installed"
+    versions["cuda"] = torch.version.cuda or "none"
+    return versions

@@ -1,0 +1,122 @@
+"""One run, end to end: task → backbone → method → fit → evaluate → report.
+
+Nothing here knows a method's name: the method is built from `cfg.method` through the registry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from data import build_task
+from methods import create_method
+from runners.backbone import build_backbone, resolve_device, weights_tag
+from runners.config import config_hash
+from runners.io import save_safetensors, write_json, write_text
+from runners.report import count_params, git_commit, gmacs_per_image, library_versions, peak_memory
+from runners.trainer import CHECKPOINT, Trainer, seed_everything
+
+log = logging.getLogger(__name__)
+
+METRICS = "metrics.json"
+TRAINABLE = "trainable.safetensors"
+
+
+def _existing(run_dir: Path, digest: str) -> dict | None:
+    """The metrics of a finished run in `run_dir`, announcing the skip in one line."""
+    path = run_dir / METRICS
+    if not path.exists():
+        return None
+    metrics = json.loads(path.read_text())
+    old = metrics.get("provenance", {}).get("config_hash")
+    differs = "" if old == digest else (f" (its config {old} differs from this one, {digest}: set run_name=... "
+                                        f"for a separate run, or force=true to replace it)")
+    log.info("skipped: %s already has %s%s", run_dir, METRICS, differs)
+    return metrics
+
+
+def run(cfg: DictConfig) -> dict:
+    """Train and evaluate one (task, backbone, method, seed); returns the metrics written to metrics.json."""
+    run_dir = Path(cfg.paths.run_dir)
+    digest = config_hash(cfg)
+    if cfg.force:
+        for name in (METRICS, TRAINABLE, CHECKPOINT):
+            (run_dir / name).unlink(missing_ok=True)
+    elif (done := _existing(run_dir, digest)) is not None:
+        return done
+
+    started = time.perf_counter()
+    seed_everything(cfg.seed, cfg.deterministic)
+    device = resolve_device(cfg.device)
+    bb = cfg.backbone
+    task = build_task(cfg.dataset, cfg.protocol, bb.image_size, bb.interpolation)
+    model = build_backbone(bb, task.num_classes, drop_path=cfg.drop_path)
+    method = create_method(**cfg.method)
+    method.attach(model)
+    counts = count_params(model)
+    model.to(device)
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    logger = instantiate(cfg.logger)
+    logger.start(run_dir, name=str(Path(cfg.paths.run_subdir)), config=resolved)
+    try:
+        if device.type == "cuda":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats(device)
+        trainer = Trainer(cfg, model, method, task, device, run_dir, digest, logger)
+        method.prepare(model, trainer.train_loader)
+        fit = trainer.fit()
+        memory, memory_kind = peak_memory(device)
+        trainable = run_dir / TRAINABLE
+        save_safetensors(trainable, method.trainable_state(model),
+                         metadata={"method": method.name, "backbone": bb.name, "config_hash": digest})
+        metrics = {
+            "task": task.name,
+            "benchmark": task.benchmark,
+            "group": task.group,
+            "num_classes": task.num_classes,
+            "method": method.name,
+            "run_name": cfg.run_name,
+            "backbone": bb.name,
+            "seed": cfg.seed,
+            "protocol": cfg.protocol,
+            "top1": fit.top1,
+            "top1_curve": fit.curve,
+            "top1_best_over_evaluations": max(point["top1"] for point in fit.curve),
+            "params": counts.as_dict(),
+            "stored_bytes": trainable.stat().st_size,
+            "gmacs_per_image": gmacs_per_image(model, bb.image_size, device),
+            "peak_memory_mib": memory,
+            "peak_memory_kind": memory_kind,
+            "train_images_per_s": fit.images_per_second,
+            "train_seconds": fit.train_seconds,
+            "wall_seconds": time.perf_counter() - started,
+            "epochs": cfg.epochs,
+            "device": str(device),
+            "provenance": {
+                **task.meta,
+                "normalisation": {"mean": list(bb.mean), "std": list(bb.std)},
+                "selection": "final epoch",
+                "weights": weights_tag(bb),
+                "timm_model": bb.model_name,
+                "config_hash": digest,
+                "git_commit": git_commit(),
+                "versions": library_versions(),
+            },
+            "config": resolved,
+        }
+        write_json(run_dir / METRICS, metrics)
+        trainer.remove_checkpoint()
+        logger.summary({"top1": fit.top1, **counts.as_dict()})
+        log.info("%s on %s: top-1 %.2f%% · %s trainable (%s with head) · %s", method.name, task.name, fit.top1,
+                 f"{counts.trainable_without_head:,}", f"{counts.trainable_with_head:,}", run_dir)
+    finally:
+        logger.finish()
+    return metrics

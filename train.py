@@ -1,0 +1,16 @@
+"""Train and evaluate one PEFT run: python train.py method=ssf dataset=vtab/cifar [key=value ...]."""
+
+import hydra
+from omegaconf import DictConfig
+
+from runners import run
+from runners.errors import guard
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    return run(cfg)["top1"]
+
+
+if __name__ == "__main__":
+    guard(main)
