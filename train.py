@@ -4,12 +4,13 @@ import hydra
 from omegaconf import DictConfig
 
 from runners import run
-from runners.errors import guard
+from runners.errors import guard, user_errors
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
-    return run(cfg)["top1"]
+    with user_errors():  # raised inside the job, so that Hydra adds no report of its own
+        return run(cfg)["top1"]
 
 
 if __name__ == "__main__":

@@ -61,7 +61,8 @@ def build_backbone(backbone: DictConfig, num_classes: int, drop_path: float = 0.
 
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"
+    first = text[0] if text else ""
+    return f"{type(e).__name__}: {first[:100]}{'…' if len(first) > 100 else ''}"
 
 
 def resolve_device(device: str) -> torch.device:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf.errors import OmegaConfBaseException
@@ -17,9 +18,6 @@ EXIT_USER_ERROR = 2
 
 class UserError(Exception):
     """A run cannot start as configured; the message is the one line shown to the user."""
-
-
-_GROUP_WORDS = {"method": "method", "dataset": "dataset", "backbone": "backbone"}
 
 
 def _one_line(exc: BaseException) -> str:
@@ -38,11 +36,18 @@ USER_ERRORS = (UserError, DataError, MethodError, MissingConfigException, Config
                OverrideParseException)
 
 
-def guard(main: Callable[[], object]) -> None:
-    """Run a Hydra entry point; a user error ends it with one line on stderr and exit code 2."""
-    os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # let errors reach us instead of Hydra's report
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """A user error inside ends the process with one line on stderr and exit code 2."""
     try:
-        main()
+        yield
     except USER_ERRORS as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
+
+
+def guard(main: Callable[[], object]) -> None:
+    """Run an entry point (Hydra's included) under `user_errors`."""
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # let composition errors reach us instead of Hydra's report
+    with user_errors():
+        main()

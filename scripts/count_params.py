@@ -1,0 +1,34 @@
+"""Plan a table without weights or data: trainable parameters and compute of a configured model.
+
+    python scripts/count_params.py method=ssf backbone=vit_b16_in21k dataset=vtab/cifar
+
+Takes any override `train.py` takes; builds the model on the meta device and prints one `name: value`
+per line: trainable_without_head, trainable_with_head, total (exact integers) and gmacs_per_image
+(the papers' GFLOPs: one multiply-add = one FLOP).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from methods import create_method
+from runners import compose
+from runners.backbone import build_backbone
+from runners.errors import guard
+from runners.report import count_params, gmacs_per_image
+
+
+def main() -> None:
+    cfg = compose(sys.argv[1:])
+    with torch.device("meta"):
+        model = build_backbone(cfg.backbone, int(cfg.dataset.num_classes), load_weights=False)
+        create_method(**cfg.method).attach(model)
+    for name, value in count_params(model).as_dict().items():
+        print(f"{name}: {value}")
+    print(f"gmacs_per_image: {gmacs_per_image(model, cfg.backbone.image_size, 'meta'):.4f}")
+
+
+if __name__ == "__main__":
+    guard(main)
