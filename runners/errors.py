@@ -26,7 +26,7 @@ def _one_line(exc: BaseException) -> str:
         options = ", ".join(sorted(exc.options))
         return f"unknown {group or 'config'} '{choice}'; choose one of: {options}"
     text = str(exc).strip()
-    while isinstance(exc.__cause__, ConfigCompositionException | OmegaConfBaseException) and exc.__cause__:
+    while isinstance(exc.__cause__, ConfigCompositionException | OmegaConfBaseException):
         exc = exc.__cause__
         text = f"{text}: {str(exc).strip()}"
     return " ".join(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("    "))

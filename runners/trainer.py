@@ -23,7 +23,7 @@ from timm.optim import param_groups_weight_decay
 from torch import nn
 
 from data.loader import DeviceLoader
-from data.task import Split, Task
+from data.task import Task
 from methods.base import Method
 from runners.errors import UserError
 from runners.io import save_torch
@@ -178,31 +178,29 @@ class Trainer:
                           "epoch": epoch + 1}
                 last = epoch + 1 == epochs
                 if self.cfg.eval_every and (epoch + 1) % self.cfg.eval_every == 0 and not last:
-                    top1 = self.evaluate(self.task.eval)
+                    top1 = self.evaluate()
                     curve.append({"epoch": epoch + 1, "top1": top1})
                     values[f"eval/top1_{self.task.eval.name}"] = top1
                 self.logger.log(values, step=step)
                 progress.update(bar, description=f"{self.method.name} · {self.task.name} · epoch {epoch + 1} "
                                                  f"· loss {values['train/loss']:.3f}")
                 self._save_checkpoint(epoch + 1, step, seconds, images, curve)
-        top1 = self.evaluate(self.task.eval)
+        top1 = self.evaluate()
         self.logger.log({f"eval/top1_{self.task.eval.name}": top1}, step=step)
         return FitResult(top1=top1, train_seconds=seconds, train_images=images,
                          curve=curve + [{"epoch": epochs, "top1": top1}])
 
     @torch.inference_mode()
-    def evaluate(self, split: Split) -> float:
-        """Top-1 accuracy (%) on `split`."""
-        loader = self.eval_loader if split is self.task.eval else DeviceLoader(
-            split, self.cfg.eval_batch_size, self.device, list(self.cfg.backbone.mean), list(self.cfg.backbone.std))
+    def evaluate(self) -> float:
+        """Top-1 accuracy (%) on the task's evaluation split."""
         was_training = self.model.training
         self.model.eval()
         correct = torch.zeros((), dtype=torch.long, device=self.device)
-        for x, y in loader:
+        for x, y in self.eval_loader:
             with self.autocast:
                 correct += (self.model(x).argmax(dim=-1) == y).sum()
         self.model.train(was_training)
-        return 100.0 * correct.item() / len(split)
+        return 100.0 * correct.item() / len(self.task.eval)
 
     def remove_checkpoint(self) -> None:
         self._checkpoint_path().unlink(missing_ok=True)

@@ -1,0 +1,59 @@
+"""VTAB-1k: the 19 tasks (NOAH folder names, groups, class counts) and the NOAH list-file layout.
+
+    <data_dir>/vtab-1k/<task>/{train800,val200,train800val200,test}.txt   one `relative/path label` per line
+    <data_dir>/vtab-1k/<task>/images/<split>/NNNNNN.{jpg,png}
+
+Task order is the column order of published tables; groups and class counts as in
+`shared/reference/benchmarks.md` §A.1 (ΣC = 940).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from data.task import DataError
+
+
+@dataclass(frozen=True)
+class VtabTask:
+    name: str  # the NOAH folder name
+    group: str  # Natural | Specialized | Structured
+    num_classes: int
+
+
+VTAB_TASKS: tuple[VtabTask, ...] = (
+    VtabTask("cifar", "Natural", 100),
+    VtabTask("caltech101", "Natural", 102),
+    VtabTask("dtd", "Natural", 47),
+    VtabTask("oxford_flowers102", "Natural", 102),
+    VtabTask("oxford_iiit_pet", "Natural", 37),
+    VtabTask("svhn", "Natural", 10),
+    VtabTask("sun397", "Natural", 397),
+    VtabTask("patch_camelyon", "Specialized", 2),
+    VtabTask("eurosat", "Specialized", 10),
+    VtabTask("resisc45", "Specialized", 45),
+    VtabTask("diabetic_retinopathy", "Specialized", 5),
+    VtabTask("clevr_count", "Structured", 8),
+    VtabTask("clevr_dist", "Structured", 6),
+    VtabTask("dmlab", "Structured", 6),
+    VtabTask("kitti", "Structured", 4),
+    VtabTask("dsprites_loc", "Structured", 16),
+    VtabTask("dsprites_ori", "Structured", 16),
+    VtabTask("smallnorb_azi", "Structured", 18),
+    VtabTask("smallnorb_ele", "Structured", 9),
+)
+GROUPS = ("Natural", "Specialized", "Structured")
+SPLITS = ("train800", "val200", "train800val200", "test")
+
+# Keys other codebases use for the same folders (SSF: cifar100, flowers102, pets; NOAH scripts: oxford_pet).
+ALIASES = {"cifar100": "cifar", "oxford_pet": "oxford_iiit_pet", "pets": "oxford_iiit_pet",
+           "flowers102": "oxford_flowers102"}
+_BY_NAME = {t.name: t for t in VTAB_TASKS}
+
+
+def vtab_task(name: str) -> VtabTask:
+    """The task called `name` (a NOAH folder name or a common alias)."""
+    task = _BY_NAME.get(ALIASES.get(name, name))
+    if task is None:
+        raise DataError(f"unknown VTAB-1k task '{name}'; choose one of: {', '.join(_BY_NAME)}")
+    return task
