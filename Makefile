@@ -22,7 +22,8 @@ demo: ## linear, BitFit, SSF and full fine-tuning on the embedded digits task, o
 	$(PY) scripts/demo.py
 
 bench: ## images/s of the runner against a bare timm loop (numbers in the README)
-	$(PY) scripts/bench.py
+	$(PY) scripts/bench.py runner
+	$(PY) scripts/bench.py data
 
 lint: ## ruff
 	$(VENV)/bin/ruff check .

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from data.cache import DecodeCache, Geometry
 from data.task import VTAB_PROTOCOL_SPLITS, DataError, Split
 
 _PERMUTATION_SEED = 0
@@ -53,12 +54,13 @@ class DigitsSource:
     def splits(self, protocol: str) -> tuple[str, str]:
         return VTAB_PROTOCOL_SPLITS[protocol]
 
-    def load(self, split: str, image_size: int, interpolation: str) -> Split:
+    def load(self, split: str, geometry: Geometry, cache: DecodeCache | None = None) -> Split:
+        """The split resized in memory (8×8 sources need no cache; a crop of them would be meaningless)."""
         if split not in _SLICES:
             raise DataError(f"digits has no split '{split}'; it has {', '.join(_SLICES)}")
         images, labels = _digits()
         part = _SLICES[split]
-        return Split(split, resize_uint8(images[part], image_size, interpolation), labels[part])
+        return Split(split, resize_uint8(images[part], geometry.size, geometry.interpolation), labels[part])
 
 
 class DigitsRotationSource(DigitsSource):
@@ -69,8 +71,8 @@ class DigitsRotationSource(DigitsSource):
     def splits(self, protocol: str) -> tuple[str, str]:
         return "train800", "val200"
 
-    def load(self, split: str, image_size: int, interpolation: str) -> Split:
-        base = super().load(split, image_size, interpolation)
+    def load(self, split: str, geometry: Geometry, cache: DecodeCache | None = None) -> Split:
+        base = super().load(split, geometry)
         images = torch.cat([torch.rot90(base.images, k, dims=(2, 3)) for k in range(4)])
         labels = torch.arange(4).repeat_interleave(len(base))
         return Split(f"{split}-rotations", images, labels)

@@ -9,9 +9,12 @@ Folders, image dirs, class counts and VPT's split sizes from `shared/reference/b
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
-from data.task import DataError
+from data.cache import DecodeCache, Geometry
+from data.task import DataError, Split
 
 
 @dataclass(frozen=True)
@@ -39,3 +42,46 @@ def fgvc_set(name: str) -> FgvcSet:
     if found is None:
         raise DataError(f"unknown FGVC set '{name}'; choose one of: {', '.join(_BY_NAME)}")
     return found
+
+
+def _read_json(path: Path) -> dict[str, int]:
+    if not path.is_file():
+        raise DataError(f"split file {path} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(data, dict) or not data:
+        raise DataError(f"{path} must be a non-empty JSON object mapping image paths to class ids")
+    return data
+
+
+class FgvcSource:
+    """An FGVC set in VPT's json layout. `final` trains on train+val and tests on test; `tune` trains on
+    train and evaluates on val."""
+
+    def __init__(self, root: str | Path, name: str):
+        self.set = fgvc_set(name)
+        self.root = Path(root).expanduser()
+        self.folder = self.root / self.set.folder
+        if not self.folder.is_dir():
+            raise DataError(f"FGVC folder {self.folder} does not exist; build it with `python scripts/prepare_fgvc.py "
+                            f"--root {self.root} --dataset {self.set.name} --archive ...` or set paths.data_dir=")
+        self.data_format = "VPT FGVC json splits"
+        self._annotations = {split: _read_json(self.folder / f"{split}.json") for split in SPLITS}
+        ids = sorted({int(v) for a in self._annotations.values() for v in a.values()})
+        self._class_index = {class_id: i for i, class_id in enumerate(ids)}
+
+    def splits(self, protocol: str) -> tuple[str, str]:
+        return {"final": ("train+val", "test"), "tune": ("train", "val")}[protocol]
+
+    def load(self, split: str, geometry: Geometry, cache: DecodeCache) -> Split:
+        image_root = self.folder / self.set.image_dir
+        entries = []
+        for part in split.split("+"):
+            for relative, class_id in self._annotations[part].items():
+                path = image_root / relative
+                if not path.is_file():
+                    raise DataError(f"{self.folder / f'{part}.json'}: image {path} does not exist")
+                entries.append((path, self._class_index[int(class_id)]))
+        return cache.load(f"fgvc-{self.set.name}", split, entries, geometry)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -49,13 +50,5 @@ class Task:
     num_classes: int
     train: Split
     eval: Split
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None  # training batches, on device
     meta: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for split in (self.train, self.eval):
-            lo, hi = int(split.labels.min()), int(split.labels.max())
-            if lo < 0 or hi >= self.num_classes:
-                raise DataError(
-                    f"task '{self.name}', split '{split.name}': label {hi if hi >= self.num_classes else lo} "
-                    f"is outside [0, {self.num_classes}); fix dataset.num_classes or the list file"
-                )

@@ -10,8 +10,11 @@ Task order is the column order of published tables; groups and class counts as i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-from data.task import DataError
+from data.cache import DecodeCache, Geometry
+from data.lists import read_list
+from data.task import VTAB_PROTOCOL_SPLITS, DataError, Split
 
 
 @dataclass(frozen=True)
@@ -57,3 +60,26 @@ def vtab_task(name: str) -> VtabTask:
     if task is None:
         raise DataError(f"unknown VTAB-1k task '{name}'; choose one of: {', '.join(_BY_NAME)}")
     return task
+
+
+class NoahSource:
+    """A VTAB-1k task in the NOAH layout under `<root>/vtab-1k/<task>/`."""
+
+    def __init__(self, root: str | Path, task: str):
+        self.task = vtab_task(task)
+        self.root = Path(root).expanduser()
+        self.folder = self.root / "vtab-1k" / self.task.name
+        if not self.folder.is_dir():
+            raise DataError(f"VTAB-1k task folder {self.folder} does not exist; build it with `python "
+                            f"scripts/prepare_vtab.py --root {self.root} --tasks {self.task.name}` or set "
+                            f"paths.data_dir= to the folder that holds vtab-1k/")
+        self.data_format = "NOAH vtab-1k list files"
+
+    def splits(self, protocol: str) -> tuple[str, str]:
+        return VTAB_PROTOCOL_SPLITS[protocol]
+
+    def load(self, split: str, geometry: Geometry, cache: DecodeCache) -> Split:
+        entries = read_list(self.folder / f"{split}.txt", self.folder)
+        suffix = entries[0][0].suffix.lstrip(".").lower()
+        self.data_format = f"NOAH vtab-1k list files ({suffix})"
+        return cache.load(f"vtab-{self.task.name}", split, entries, geometry)

@@ -18,6 +18,10 @@ from hydra import initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from data.fewshot import fewshot_set
+from data.fgvc import fgvc_set
+from data.vtab import vtab_task
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = PROJECT_ROOT / "conf"
 
@@ -43,6 +47,7 @@ class RunSchema:
     force: bool = MISSING
     run_name: str = MISSING
     paths: Any = MISSING
+    data: Any = MISSING
     dataset: Any = MISSING
     backbone: Any = MISSING
     method: Any = MISSING
@@ -60,6 +65,10 @@ def register() -> None:
     ConfigStore.instance().store(name="schema", node=RunSchema)
     OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
     OmegaConf.register_new_resolver("run_leaf", _run_leaf, replace=True)
+    # benchmark facts (group, class count) live once, in data/: ${vtab:cifar,num_classes}
+    OmegaConf.register_new_resolver("vtab", lambda name, key: getattr(vtab_task(name), key), replace=True)
+    OmegaConf.register_new_resolver("fgvc", lambda name, key: getattr(fgvc_set(name), key), replace=True)
+    OmegaConf.register_new_resolver("fewshot", lambda name, key: getattr(fewshot_set(name), key), replace=True)
 
 
 register()

@@ -7,11 +7,17 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+from hydra.errors import (
+    ConfigCompositionException,
+    InstantiationException,
+    MissingConfigException,
+    OverrideParseException,
+)
 from omegaconf.errors import OmegaConfBaseException
 
 from data.task import DataError
 from methods.base import MethodError
+from runners.config import CONF_DIR
 
 EXIT_USER_ERROR = 2
 
@@ -20,11 +26,17 @@ class UserError(Exception):
     """A run cannot start as configured; the message is the one line shown to the user."""
 
 
+def _options(group: str) -> list[str]:
+    """Every option of a config group, nested ones as `vtab/cifar`; `_`-prefixed bases left out."""
+    folder = CONF_DIR / group
+    return sorted(str(p.relative_to(folder).with_suffix("")) for p in folder.rglob("*.yaml")
+                  if not p.name.startswith("_"))
+
+
 def _one_line(exc: BaseException) -> str:
     if isinstance(exc, MissingConfigException) and exc.options is not None:
-        group, _, choice = (exc.missing_cfg_file or "").rpartition("/")
-        options = ", ".join(sorted(exc.options))
-        return f"unknown {group or 'config'} '{choice}'; choose one of: {options}"
+        group, choice = (exc.missing_cfg_file or "").split("/", 1)
+        return f"unknown {group} '{choice}'; choose one of: {', '.join(_options(group))}"
     text = str(exc).strip()
     while isinstance(exc.__cause__, ConfigCompositionException | OmegaConfBaseException):
         exc = exc.__cause__
@@ -43,6 +55,11 @@ def user_errors() -> Iterator[None]:
         yield
     except USER_ERRORS as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    except InstantiationException as exc:  # a user error raised by a `_target_` that Hydra built
+        if not isinstance(exc.__cause__, USER_ERRORS):
+            raise
+        print(f"error: {_one_line(exc.__cause__)}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from data import build_task
+from data import DecodeCache, build_task
 from methods import create_method
 from runners.backbone import build_backbone, resolve_device, weights_tag
 from runners.config import config_hash
@@ -54,7 +54,8 @@ def run(cfg: DictConfig) -> dict:
     seed_everything(cfg.seed, cfg.deterministic)
     device = resolve_device(cfg.device)
     bb = cfg.backbone
-    task = build_task(cfg.dataset, cfg.protocol, bb.image_size, bb.interpolation)
+    cache = DecodeCache(cfg.data.cache_dir, cfg.data.decode_workers, cfg.data.skip_corrupt)
+    task = build_task(cfg.dataset, cfg.protocol, bb.image_size, bb.interpolation, cache)
     model = build_backbone(bb, task.num_classes, drop_path=cfg.drop_path)
     method = create_method(**cfg.method)
     method.attach(model)

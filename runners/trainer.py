@@ -77,7 +77,7 @@ class Trainer:
         self.logger = logger or NullLogger()
         mean, std = list(cfg.backbone.mean), list(cfg.backbone.std)
         self.train_loader = DeviceLoader(task.train, cfg.batch_size, device, mean, std, shuffle=True,
-                                         drop_last=True, seed=cfg.seed)
+                                         drop_last=True, seed=cfg.seed, augment=task.augment)
         self.eval_loader = DeviceLoader(task.eval, cfg.eval_batch_size, device, mean, std)
         self.optimizer = self._optimizer()
         self.scheduler = instantiate(cfg.scheduler)(self.optimizer, steps_per_epoch=len(self.train_loader),

@@ -1,24 +1,32 @@
-"""Training throughput of the runner against a bare timm loop: same model, data, batch and optimizer.
+"""Benchmarks, each against a baseline measured in the same process.
 
-    python scripts/bench.py                               # CPU: vit_test on digits, SSF
-    python scripts/bench.py --backbone vit_b16_in21k      # GPU: ViT-B/16 at 224², bf16 (random weights)
+    python scripts/bench.py runner                          # CPU: vit_test on digits, SSF
+    python scripts/bench.py runner --backbone vit_b16_in21k # GPU: ViT-B/16 at 224², bf16 (random weights)
+    python scripts/bench.py data                            # decode-once cache against PIL every epoch
 
-Both loops run in this process, alternately, `--repeats` times each; the best images/s of each is
-kept, and the ratio runner/bare is the runner's overhead (target ≥ 0.95). On CUDA it also prints the
-model FLOP utilisation against the GPU's bf16 dense peak (`--peak-tflops`).
+`runner`: training images/s of the runner against a bare timm loop (same model, data, batch, AdamW),
+alternately `--repeats` times each, best of each kept; the ratio runner/bare is the runner's overhead
+(target ≥ 0.95). On CUDA it also prints the model FLOP utilisation against the bf16 dense peak.
+
+`data`: a generated VTAB-1k-like task (1,000 JPEG photos-sized images) read at 224² — the first epoch
+(decode and cache), later epochs (from the cache) and a torch DataLoader that decodes with PIL every
+epoch (as NOAH-lineage code does), with `--workers` processes. Target: later epochs ≥ 5× faster. With
+`--model`, also the share of a training step spent waiting for its batch.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from data import build_task
+from data import DecodeCache, build_task
 from data.loader import DeviceLoader
 from methods import create_method
 from runners import compose, run
@@ -30,7 +38,7 @@ def bare_loop(cfg, device: torch.device, epochs: int) -> float:
     """The same training as the runner's, written as the shortest timm loop; train images/s."""
     torch.manual_seed(cfg.seed)
     bb = cfg.backbone
-    task = build_task(cfg.dataset, cfg.protocol, bb.image_size, bb.interpolation)
+    task = build_task(cfg.dataset, cfg.protocol, bb.image_size, bb.interpolation, DecodeCache(cfg.data.cache_dir))
     model = build_backbone(bb, task.num_classes, load_weights=False)
     create_method(**cfg.method).attach(model)
     model.to(device).train()
@@ -61,18 +69,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", default="vit_test")
-    parser.add_argument("--method", default="ssf")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak (H100/H200 SXM: 989)")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-
+def bench_runner(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     with tempfile.TemporaryDirectory() as runs:
         overrides = [f"backbone={args.backbone}", "backbone.pretrained=false", "backbone.checkpoint=null",
@@ -104,6 +101,140 @@ def main() -> None:
         tflops = max(runner) * gmacs * 2 * 3 / 1e3
         print(f"model FLOP utilisation: {tflops:.1f} TFLOP/s = {100 * tflops / args.peak_tflops:.1f}% "
               f"of {args.peak_tflops:.0f} TFLOP/s bf16 peak")
+
+
+class _PilEveryEpoch(torch.utils.data.Dataset):
+    """The baseline: open, decode, resize and normalise every image on every access."""
+
+    def __init__(self, entries, size: int):
+        from torchvision import transforms
+
+        self.entries = entries
+        self.transform = transforms.Compose([
+            transforms.Resize((size, size), interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.5] * 3)])
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        path, label = self.entries[i]
+        with Image.open(path) as image:
+            return self.transform(image.convert("RGB")), label
+
+
+def _write_images(folder: Path, n: int) -> list[tuple[Path, int]]:
+    """n smooth random 500×375 JPEGs (the size of a typical VTAB natural image), 10 classes."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    entries = []
+    for i in range(n):
+        small = rng.integers(0, 256, size=(15, 20, 3), dtype=np.uint8)
+        image = Image.fromarray(small).resize((500, 375), Image.Resampling.BILINEAR)
+        path = folder / f"{i:06d}.jpg"
+        image.save(path, quality=90)
+        entries.append((path, i % 10))
+    return entries
+
+
+def bench_data(args: argparse.Namespace) -> None:
+    from data import DecodeCache, Geometry
+
+    device = resolve_device(args.device)
+    size = args.image_size
+    with tempfile.TemporaryDirectory() as tmp:
+        entries = _write_images(Path(tmp) / "images", args.images)
+        cache = DecodeCache(Path(tmp) / "cache", workers=args.workers)
+        geometry = Geometry(size)
+
+        def epoch(split) -> float:
+            loader = DeviceLoader(split, args.batch_size, device, [0.5] * 3, [0.5] * 3, shuffle=True)
+            _sync(device)
+            t0 = time.perf_counter()
+            for x, _ in loader:
+                x.sum()
+            _sync(device)
+            return time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        split = cache.load("bench", "train", entries, geometry)
+        first = time.perf_counter() - t0 + epoch(split)
+        later = [epoch(cache.load("bench", "train", entries, geometry)) for _ in range(args.epochs)]
+
+        pil = torch.utils.data.DataLoader(_PilEveryEpoch(entries, size), batch_size=args.batch_size, shuffle=True,
+                                          num_workers=args.workers, persistent_workers=args.workers > 0)
+        baseline = []
+        for _ in range(args.epochs):
+            t0 = time.perf_counter()
+            for x, _ in pil:
+                x.to(device).sum()
+            _sync(device)
+            baseline.append(time.perf_counter() - t0)
+
+        n = len(entries)
+        print(f"device: {device}; {n} JPEGs 500x375 -> {size}x{size}, batch {args.batch_size}, "
+              f"{args.workers} decode workers")
+        print(f"first epoch (decode + cache):  {n / first:8.1f} images/s")
+        print(f"later epochs (from the cache): {n / min(later):8.1f} images/s")
+        print(f"PIL decode every epoch:        {n / min(baseline):8.1f} images/s")
+        print(f"later / PIL:                   {min(baseline) / min(later):8.1f}x")
+        if args.model:
+            cfg = compose([f"backbone={args.model}", "backbone.pretrained=false", "method=ssf", "logger=none"])
+            model = build_backbone(cfg.backbone, 10, load_weights=False)
+            create_method("ssf").attach(model)
+            model.to(device).train()
+            optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+            amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+            loader = DeviceLoader(split, args.batch_size, device, [0.5] * 3, [0.5] * 3, shuffle=True, drop_last=True)
+            waiting = stepping = 0.0
+            for _ in range(2):
+                it = iter(loader)
+                while True:
+                    _sync(device)
+                    t0 = time.perf_counter()
+                    batch = next(it, None)
+                    _sync(device)
+                    t1 = time.perf_counter()
+                    if batch is None:
+                        break
+                    with amp:
+                        loss = F.cross_entropy(model(batch[0]).float(), batch[1])
+                    loss.backward()
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    _sync(device)
+                    waiting, stepping = waiting + t1 - t0, stepping + time.perf_counter() - t1
+            print(f"{args.model} + SSF training step: {100 * waiting / (waiting + stepping):.2f}% of step time "
+                  f"waiting for the batch")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="bench", required=True)
+    runner = sub.add_parser("runner", help="the runner against a bare timm loop")
+    runner.add_argument("--backbone", default="vit_test")
+    runner.add_argument("--method", default="ssf")
+    runner.add_argument("--batch-size", type=int, default=64)
+    runner.add_argument("--epochs", type=int, default=3)
+    runner.add_argument("--repeats", type=int, default=2)
+    runner.add_argument("--device", default="auto")
+    runner.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak (H100/H200 SXM: 989)")
+    data = sub.add_parser("data", help="the decode-once cache against PIL decoding every epoch")
+    data.add_argument("--images", type=int, default=1000)
+    data.add_argument("--image-size", type=int, default=224)
+    data.add_argument("--batch-size", type=int, default=64)
+    data.add_argument("--epochs", type=int, default=2)
+    data.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    data.add_argument("--device", default="auto")
+    data.add_argument("--model", default=None, help="a backbone config, e.g. vit_b16_in21k, to time data waits")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    (bench_runner if args.bench == "runner" else bench_data)(args)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from data import build_task
+from data import DecodeCache, build_task
 from methods import create_method
 from runners.backbone import build_backbone
 from runners.schedule import cosine_with_warmup
@@ -13,7 +13,8 @@ from runners.trainer import Trainer
 
 
 def trainer_for(cfg, tmp_path) -> Trainer:
-    task = build_task(cfg.dataset, cfg.protocol, cfg.backbone.image_size, cfg.backbone.interpolation)
+    task = build_task(cfg.dataset, cfg.protocol, cfg.backbone.image_size, cfg.backbone.interpolation,
+                      DecodeCache(cfg.data.cache_dir))
     model = build_backbone(cfg.backbone, task.num_classes)
     method = create_method(**cfg.method)
     method.attach(model)
