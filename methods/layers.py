@@ -86,3 +86,176 @@ class ScaleShift(nn.Module):
 
     def extra_repr(self) -> str:
         return f"channels={self.ssf_scale.numel()}, channel_dim={self.channel_dim}"
+
+
+class LoRALinear(nn.Module):
+    """A frozen Linear plus low-rank updates on chosen row ranges of its output.
+
+        y = W x + b,   y[s:e] += scale · B_k A_k dropout(x)   for each slice k = (s, e)
+
+    One slice over the whole output adapts a fused qkv as a whole (NOAH's "LoRA (8)"); the slices
+    (0, D) and (2D, 3D) adapt q and v separately (the original LoRA set-up).
+
+    Args:
+        base: the frozen Linear.
+        rank: r, the inner dimension of every B_k A_k.
+        slices: output row ranges to adapt; None = all rows.
+        scale: s (α / r in the LoRA paper; 1 in NOAH).
+        dropout: on the LoRA input only.
+        init: "paper" — A Kaiming-uniform (a=√5), B = 0, so the layer starts as `base`;
+              "noah" — A and B trunc-normal std 0.02, as NOAH's model re-initialises them after building.
+    """
+
+    def __init__(self, base: nn.Linear, rank: int, slices: list[tuple[int, int]] | None = None, scale: float = 1.0,
+                 dropout: float = 0.0, init: str = "paper"):
+        super().__init__()
+        self.base = base
+        self.slices = [tuple(s) for s in slices] if slices else [(0, base.out_features)]
+        self.scale = scale
+        self.dropout = nn.Dropout(dropout)
+        ref = base.weight
+        like = {"device": ref.device, "dtype": ref.dtype}
+        self.lora_A = nn.ParameterList([nn.Parameter(torch.empty(rank, base.in_features, **like)) for _ in self.slices])
+        self.lora_B = nn.ParameterList([nn.Parameter(torch.empty(e - s, rank, **like)) for s, e in self.slices])
+        for a, b in zip(self.lora_A, self.lora_B, strict=True):
+            if init == "paper":
+                nn.init.kaiming_uniform_(a, a=5**0.5)
+                nn.init.zeros_(b)
+            elif init == "noah":
+                nn.init.trunc_normal_(a, std=0.02)
+                nn.init.trunc_normal_(b, std=0.02)
+            else:
+                raise ValueError(f"unknown LoRA init '{init}'; choose paper or noah")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        h = self.dropout(x)
+        pieces, end = [], 0
+        for (s, e), a, b in sorted(zip(self.slices, self.lora_A, self.lora_B, strict=True), key=lambda t: t[0]):
+            if s > end:
+                pieces.append(y.new_zeros(*y.shape[:-1], s - end))
+            pieces.append(self.scale * ((h @ a.t()) @ b.t()))
+            end = e
+        if end < y.shape[-1]:
+            pieces.append(y.new_zeros(*y.shape[:-1], y.shape[-1] - end))
+        return y + torch.cat(pieces, dim=-1)
+
+    def delta_weight(self) -> torch.Tensor:
+        """scale · B A placed in the output rows it adapts (the same shape as the base weight)."""
+        delta = torch.zeros_like(self.base.weight)
+        for (s, e), a, b in zip(self.slices, self.lora_A, self.lora_B, strict=True):
+            delta[s:e] += self.scale * (b @ a)
+        return delta
+
+    @torch.no_grad()
+    def merged(self) -> nn.Linear:
+        """The base Linear with W ← W + scale · B A (exact)."""
+        self.base.weight += self.delta_weight().detach()
+        return self.base
+
+
+class QuickGELU(nn.Module):
+    """z · σ(1.702 z), the activation of NOAH's adapters (from CLIP)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "quick_gelu": QuickGELU}
+
+
+class Bottleneck(nn.Module):
+    """The bottleneck adapter: scale · up(dropout(act(down(x)))), D → `bottleneck` → D.
+
+    Args:
+        init: "lora" — down Kaiming-uniform (a=√5), up and biases 0: exactly zero output at init
+              (AdaptFormer); "xavier" — Xavier-uniform weights, biases N(0, 1e-6) (NOAH's adapter module);
+              "noah" — trunc-normal std 0.02 weights, zero biases (what NOAH's model re-initialises them to);
+              "zero" — every tensor 0 (VPT's adapter baseline: only the up bias can ever learn).
+    """
+
+    def __init__(self, dim: int, bottleneck: int, act: str = "relu", dropout: float = 0.0, scale: float = 1.0,
+                 bias: bool = True, init: str = "lora", device=None, dtype=None):
+        super().__init__()
+        if act not in ACTIVATIONS:
+            raise ValueError(f"unknown activation '{act}'; choose one of: {', '.join(ACTIVATIONS)}")
+        self.down = nn.Linear(dim, bottleneck, bias=bias, device=device, dtype=dtype)
+        self.act = ACTIVATIONS[act]()
+        self.dropout = nn.Dropout(dropout)
+        self.up = nn.Linear(bottleneck, dim, bias=bias, device=device, dtype=dtype)
+        self.scale = scale
+        self._init(init)
+
+    @torch.no_grad()
+    def _init(self, init: str) -> None:
+        linears = (self.down, self.up)
+        if init == "lora":
+            nn.init.kaiming_uniform_(self.down.weight, a=5**0.5)
+            nn.init.zeros_(self.up.weight)
+            biases = 0.0
+        elif init == "xavier":
+            for m in linears:
+                nn.init.xavier_uniform_(m.weight)
+            biases = 1e-6
+        elif init == "noah":
+            for m in linears:
+                nn.init.trunc_normal_(m.weight, std=0.02)
+            biases = 0.0
+        elif init == "zero":
+            for m in linears:
+                nn.init.zeros_(m.weight)
+            biases = 0.0
+        else:
+            raise ValueError(f"unknown adapter init '{init}'; choose lora, xavier, noah or zero")
+        for m in linears:
+            if m.bias is not None:
+                nn.init.normal_(m.bias, std=biases) if biases else nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.up(self.dropout(self.act(self.down(x))))
+
+
+class AddAdapterOutput:
+    """Forward hook on a sublayer: output ← output + adapter(output) (a sequential adapter after it).
+
+    A callable object rather than a closure, so a deep-copied model's hook finds the copy's adapter.
+    """
+
+    def __init__(self, owner: nn.Module, attr: str):
+        self.owner, self.attr = owner, attr
+
+    def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        return output + getattr(self.owner, self.attr)(output)
+
+
+class CaptureInput:
+    """Forward pre-hook: runs `owner.<attr>` on the module's input and keeps the result for `AddCaptured`."""
+
+    def __init__(self, owner: nn.Module, attr: str):
+        self.owner, self.attr = owner, attr
+
+    def __call__(self, module: nn.Module, args: tuple) -> None:
+        getattr(self.owner, self.attr).pending = getattr(self.owner, self.attr)(args[0])
+
+
+class AddCaptured:
+    """Forward hook on a block: output ← output + the adapter output captured inside it (a parallel adapter)."""
+
+    def __init__(self, owner: nn.Module, attr: str):
+        self.owner, self.attr = owner, attr
+
+    def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        adapter = getattr(self.owner, self.attr)
+        pending, adapter.pending = adapter.pending, None
+        return output + pending.reshape(output.shape)
+
+
+def transformer_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, block) of every transformer block: a module with `attn`, `mlp` and `norm2` children
+    (timm's ViT `Block`, Swin's `SwinTransformerBlock`, …)."""
+    return [(n, m) for n, m in model.named_modules()
+            if all(isinstance(getattr(m, a, None), nn.Module) for a in ("attn", "mlp", "norm2"))]
+
+
+def block_width(block: nn.Module) -> int:
+    return output_channels(block.norm2)

@@ -43,12 +43,13 @@ def gmacs_per_image(model: nn.Module, image_size: int, device: torch.device | st
     """Multiply-accumulates of one forward pass, in G — the papers' (fvcore's) "GFLOPs".
 
     torch's FlopCounterMode counts 2 FLOPs per multiply-add (ViT-B/16 at 224²: 35.13 G), so this is
-    half its total (17.56 G). Works on the meta device, so no weights are needed.
+    half its total (17.56 G). Works on the meta device, so no weights are needed. Runs with autograd on
+    (one image): FlopCounterMode's module tracker rejects views of parameters made under no_grad.
     """
     was_training = model.training
     model.eval()
     x = torch.zeros(1, 3, image_size, image_size, device=device)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False) as counter:
         model(x)
     model.train(was_training)
     return counter.get_total_flops() / 2e9

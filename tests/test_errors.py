@@ -7,8 +7,10 @@ import pytest
 from tests.conftest import run_cli
 
 CASES = {
-    "unknown method": (["method=sft"], "unknown method 'sft'; choose one of: bitfit, full, linear, ssf"),
-    "unknown dataset": (["dataset=mnist"], "unknown dataset 'mnist'; choose one of: digits"),
+    "unknown method": (["method=sft"], "unknown method 'sft'; choose one of: adapter, adaptformer, bitfit, full, "
+                                       "linear, lora, ssf, vpt"),
+    "unknown dataset": (["dataset=mnist"],
+                        "unknown dataset 'mnist'; choose one of: digits, digits_rotation, fewshot/fgvc_aircraft"),
     "unknown backbone": (["backbone=vit_huge"], "unknown backbone 'vit_huge'; choose one of:"),
     "bad value": (["epochs=ten"], "'ten' of type 'str' could not be converted to Integer"),
     "misspelt key": (["epoch=3"], "Key 'epoch' not in"),

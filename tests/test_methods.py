@@ -20,12 +20,20 @@ BACKBONE = L * (BLOCK_LINEAR + BLOCK_NORMS) + PATCH + D + TOKENS * D + 2 * D  # 
 HEAD = D * C + C
 BIASES = L * (3 * D + D + MLP + D + 2 * D) + D + D  # qkv, proj, fc1, fc2, norm1/2 + patch, final norm
 SSF = L * 2 * (D + 3 * D + D + D + MLP + D) + 2 * D + 2 * D  # 6 per block + patch embed + final norm
+VPT_DEEP_10 = L * 10 * D  # one 10-token prompt set per block
+LORA_8 = L * (D * 8 + 8 * 3 * D)  # A: 8×D, B: 3D×8 on the fused qkv
+ADAPTER_8 = L * (D * 8 + 8 + 8 * D + D)  # down and up with biases, one per block
+ADAPTFORMER_64 = L * (D * 64 + 64 + 64 * D + D)
 
 EXPECTED = {  # trainable without head, total parameters of the tuned model
     "full": (BACKBONE, BACKBONE + HEAD),
     "linear": (0, BACKBONE + HEAD),
     "bitfit": (BIASES, BACKBONE + HEAD),
     "ssf": (SSF, BACKBONE + HEAD + SSF),
+    "vpt": (VPT_DEEP_10, BACKBONE + HEAD + VPT_DEEP_10),
+    "lora": (LORA_8, BACKBONE + HEAD + LORA_8),
+    "adapter": (ADAPTER_8, BACKBONE + HEAD + ADAPTER_8),
+    "adaptformer": (ADAPTFORMER_64, BACKBONE + HEAD + ADAPTFORMER_64),
 }
 
 FIELDS = {"task", "benchmark", "group", "method", "backbone", "seed", "protocol", "top1", "params", "stored_bytes",
@@ -41,7 +49,7 @@ def test_every_method_has_a_config_and_an_expected_count():
 
 
 def test_unknown_method_names_the_choices():
-    with pytest.raises(ValueError, match="choose one of: bitfit, full, linear, ssf"):
+    with pytest.raises(ValueError, match="choose one of: adapter, adaptformer, bitfit, full, linear, lora, ssf, vpt"):
         create_method("sft")
 
 

@@ -1,0 +1,61 @@
+"""LoRA — Low-Rank Adaptation (Hu et al., ICLR 2022, arXiv 2106.09685), on the attention's qkv Linear.
+
+    qkv(x) = W_qkv x + b + s · B A dropout(x)
+
+Two variants with the same count, 12 · (768·8 + 8·2304) = 294,912 at ViT-B/16, rank 8 (head excluded):
+- `variant=qkv` (default): one (A, B) over the fused qkv output, no scaling (s = 1) — NOAH's
+  re-implementation behind the VTAB "LoRA (8)" row (`experiments/LoRA/ViT-B_prompt_lora_8.yaml`);
+- `variant=qv`: separate (A, B) for the q rows [0, D) and the v rows [2D, 3D), scaled by s — the original
+  LoRA set-up used by FacT-style code.
+
+Insertion: every `*.attn.qkv` Linear (timm ViT and Swin blocks). Init `paper` (A Kaiming-uniform, B = 0:
+the model starts as the pretrained one) or `noah` (both trunc-normal 0.02, as NOAH's runs really started).
+Merge: W_qkv ← W_qkv + s · B A, exact, so the merged model is a plain timm model.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from methods import register_method
+from methods.base import Method, MethodError, backbone_modules, freeze_backbone
+from methods.layers import LoRALinear
+
+VARIANTS = ("qkv", "qv")
+
+
+@register_method
+class LoRA(Method):
+    """Args:
+    rank: r of every B A.
+    variant: "qkv" (fused, NOAH) or "qv" (q and v separately).
+    scale: s; NOAH's fused variant uses 1.
+    dropout: on the LoRA input (NOAH's `--drop_rate_LoRA` default 0.1).
+    init: "paper" (B = 0) or "noah" (both trunc-normal 0.02).
+    """
+
+    name = "lora"
+
+    def __init__(self, rank: int = 8, variant: str = "qkv", scale: float = 1.0, dropout: float = 0.1,
+                 init: str = "paper"):
+        if variant not in VARIANTS:
+            raise MethodError(f"method.variant={variant} is not a LoRA variant; choose one of: {', '.join(VARIANTS)}")
+        if init not in ("paper", "noah"):
+            raise MethodError(f"method.init={init} is not a LoRA init; choose paper or noah")
+        self.rank, self.variant, self.scale, self.dropout, self.init = rank, variant, scale, dropout, init
+
+    def attach(self, model: nn.Module) -> None:
+        freeze_backbone(model)
+        targets = [(n, m) for n, m in backbone_modules(model)
+                   if n.endswith("attn.qkv") and isinstance(m, nn.Linear)]
+        if not targets:
+            raise MethodError(f"lora adapts attention qkv Linears and {type(model).__name__} has none")
+        for name, qkv in targets:
+            width = qkv.out_features // 3
+            slices = None if self.variant == "qkv" else [(0, width), (2 * width, 3 * width)]
+            model.set_submodule(name, LoRALinear(qkv, self.rank, slices, self.scale, self.dropout, self.init))
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        for name in [n for n, m in model.named_modules() if isinstance(m, LoRALinear)]:
+            model.set_submodule(name, model.get_submodule(name).merged())
+        return model
