@@ -44,6 +44,10 @@ class Adapter(Method):
             raise MethodError(f"method.placement={placement} is unknown; choose one of: {', '.join(PLACEMENTS)}")
         self.bottleneck, self.placement, self.act, self.dropout, self.init = bottleneck, placement, act, dropout, init
 
+    @property
+    def label(self) -> str:
+        return "adapter" if self.placement == "pfeiffer" else f"adapter_{self.placement}"
+
     def attach(self, model: nn.Module) -> None:
         freeze_backbone(model)
         blocks = transformer_blocks(model)

@@ -43,6 +43,12 @@ class Method(ABC):
         """Re-parameterise the inserted modules into the backbone, in place; returns the model."""
         raise MethodError(f"method '{self.name}' has no re-parameterised (merged) form")
 
+    @property
+    def label(self) -> str:
+        """The method's name, with the variant when it is not the published default (e.g. vpt_shallow):
+        what run directories and tables call it."""
+        return self.name
+
     def trainable_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """What a task checkpoint stores: every parameter that trains (the head included)."""
         return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}

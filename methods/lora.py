@@ -44,6 +44,10 @@ class LoRA(Method):
             raise MethodError(f"method.init={init} is not a LoRA init; choose paper or noah")
         self.rank, self.variant, self.scale, self.dropout, self.init = rank, variant, scale, dropout, init
 
+    @property
+    def label(self) -> str:
+        return "lora" if self.variant == "qkv" else f"lora_{self.variant}"
+
     def attach(self, model: nn.Module) -> None:
         freeze_backbone(model)
         targets = [(n, m) for n, m in backbone_modules(model)

@@ -76,6 +76,10 @@ class VPT(Method):
             raise MethodError(f"method.mode={mode} is not a VPT mode; choose shallow or deep")
         self.mode, self.prompt_length, self.dropout = mode, prompt_length, dropout
 
+    @property
+    def label(self) -> str:
+        return f"vpt_{self.mode}"
+
     def attach(self, model: nn.Module) -> None:
         if not isinstance(model, VisionTransformer) or model.cls_token is None:
             raise MethodError(f"vpt needs a timm VisionTransformer with a CLS token, not {type(model).__name__}")

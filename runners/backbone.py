@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import sys
+from collections import Counter
 from pathlib import Path
 
 import timm
@@ -10,6 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from runners.errors import UserError
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_SUFFIXES = (".npz", ".safetensors", ".pth", ".pt", ".bin", ".tar")
 
@@ -44,11 +49,15 @@ def build_backbone(backbone: DictConfig, num_classes: int, drop_path: float = 0.
         if not checkpoint.is_file():
             raise UserError(f"backbone checkpoint {checkpoint} does not exist; fix backbone.checkpoint=/path/to/"
                             f"weights ({', '.join(CHECKPOINT_SUFFIXES)}) or drop it to load from the hub")
-        overlay = {"file": str(checkpoint), "custom_load": checkpoint.suffix == ".npz"}
-        try:
-            return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
-        except Exception as e:  # any failure to read or map the file is the user's to fix
-            raise UserError(f"could not load backbone.checkpoint={checkpoint} into {name}: {_first_line(e)}") from e
+        if checkpoint.suffix == ".npz":  # Google's JAX layout: timm's own converter, head kept only if it fits
+            overlay = {"file": str(checkpoint), "custom_load": True}
+            try:
+                return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+            except Exception as e:  # any failure to read or map the file is the user's to fix
+                raise UserError(f"could not load backbone.checkpoint={checkpoint} into {name}: {_first_line(e)}") from e
+        model = timm.create_model(name, pretrained=False, **kwargs)
+        load_state_dict_file(model, checkpoint, backbone.get("checkpoint_prefix"))
+        return model
     try:
         return timm.create_model(name, pretrained=True, **kwargs)
     except Exception as e:  # hub unreachable, offline mode, missing cache
@@ -57,6 +66,40 @@ def build_backbone(backbone: DictConfig, num_classes: int, drop_path: float = 0.
             f"run once with network access or pass backbone.checkpoint=/path/to/weights"
             f"{' (e.g. ViT-B_16.npz)' if 'vit_base_patch16' in name else ''}"
         ) from e
+
+
+def load_state_dict_file(model: nn.Module, path: Path, prefix: str | None = None) -> None:
+    """Load a `.safetensors`/`.pth` state dict into `model`, checking that every backbone weight arrives.
+
+    timm unwraps `state_dict`/`model` entries and DDP prefixes; `prefix` then selects and strips one
+    sub-model (MoCo v3's `base_encoder.`); the architecture's own filter converts other layouts; a head
+    of another size is dropped. Missing backbone weights are an error, never a silent random init.
+    """
+    try:
+        state = timm.models.load_state_dict(str(path), use_ema=False)
+    except Exception as e:
+        raise UserError(f"could not read backbone.checkpoint={path}: {_first_line(e)}") from e
+    if prefix:
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    convert = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
+    if convert is not None:
+        state = convert(state, model)
+    own, classifier = model.state_dict(), model.get_classifier()
+    head = {f"{n}.{p}" for n, m in model.named_modules() if m is classifier for p, _ in m.named_parameters()}
+    state = {k: v for k, v in state.items() if not (k in head and v.shape != own[k].shape)}
+    missing = [k for k in own if k not in state and k not in head]
+    if missing:
+        roots = Counter(k.split(".", 1)[0] for k in state if k not in own)
+        root = roots.most_common(1)[0][0] if roots else None
+        hint = f"; its keys start with '{root}.' — set backbone.checkpoint_prefix={root}." if root else ""
+        raise UserError(f"backbone.checkpoint={path} lacks {len(missing)} of {len(own)} weights of "
+                        f"{type(model).__name__} (first: {missing[0]}){hint}")
+    try:
+        unexpected = model.load_state_dict(state, strict=False).unexpected_keys
+    except RuntimeError as e:
+        raise UserError(f"backbone.checkpoint={path} does not fit {type(model).__name__}: {_first_line(e)}") from e
+    if unexpected:
+        log.info("ignored %d tensors of %s not in the model (e.g. %s)", len(unexpected), path, unexpected[0])
 
 
 def _first_line(e: BaseException) -> str:

@@ -21,6 +21,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from data.fewshot import fewshot_set
 from data.fgvc import fgvc_set
 from data.vtab import vtab_task
+from methods import create_method
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = PROJECT_ROOT / "conf"
@@ -61,10 +62,16 @@ def _run_leaf(protocol: str, seed: int) -> str:
     return f"seed{seed}" if protocol == "final" else f"{protocol}-seed{seed}"
 
 
+def _method_label(method: DictConfig) -> str:
+    """The label of the configured method (vpt_deep, lora_qv, …): a run directory's method level."""
+    return create_method(**OmegaConf.to_container(method, resolve=True)).label
+
+
 def register() -> None:
     ConfigStore.instance().store(name="schema", node=RunSchema)
     OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
     OmegaConf.register_new_resolver("run_leaf", _run_leaf, replace=True)
+    OmegaConf.register_new_resolver("method_label", _method_label, replace=True)
     # benchmark facts (group, class count) live once, in data/: ${vtab:cifar,num_classes}
     OmegaConf.register_new_resolver("vtab", lambda name, key: getattr(vtab_task(name), key), replace=True)
     OmegaConf.register_new_resolver("fgvc", lambda name, key: getattr(fgvc_set(name), key), replace=True)

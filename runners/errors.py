@@ -13,7 +13,7 @@ from hydra.errors import (
     MissingConfigException,
     OverrideParseException,
 )
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from data.task import DataError
 from methods.base import MethodError
@@ -37,6 +37,8 @@ def _one_line(exc: BaseException) -> str:
     if isinstance(exc, MissingConfigException) and exc.options is not None:
         group, choice = (exc.missing_cfg_file or "").split("/", 1)
         return f"unknown {group} '{choice}'; choose one of: {', '.join(_options(group))}"
+    if isinstance(exc, MissingMandatoryValue):
+        return f"{exc.full_key} has no default and must be given: {exc.full_key}=..."
     text = str(exc).strip()
     while isinstance(exc.__cause__, ConfigCompositionException | OmegaConfBaseException):
         exc = exc.__cause__
@@ -45,7 +47,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 USER_ERRORS = (UserError, DataError, MethodError, MissingConfigException, ConfigCompositionException,
-               OverrideParseException)
+               OverrideParseException, MissingMandatoryValue)
 
 
 @contextmanager

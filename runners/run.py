@@ -84,6 +84,7 @@ def run(cfg: DictConfig) -> dict:
             "group": task.group,
             "num_classes": task.num_classes,
             "method": method.name,
+            "method_label": method.label,
             "run_name": cfg.run_name,
             "backbone": bb.name,
             "seed": cfg.seed,

@@ -80,5 +80,32 @@ def test_local_checkpoint_loads_every_backbone_weight_and_drops_the_old_head(suf
 def test_unreadable_checkpoint_is_a_user_error(tmp_path):
     path = tmp_path / "weights.safetensors"
     path.write_bytes(b"not a safetensors file")
-    with pytest.raises(UserError, match="could not load backbone.checkpoint="):
+    with pytest.raises(UserError, match="could not read backbone.checkpoint=.*SafetensorError"):
         build_backbone(backbone_cfg(path), num_classes=3)
+
+
+def test_mocov3_pretraining_checkpoint_needs_and_takes_its_prefix(tmp_path):
+    """MoCo v3's `vit-b-300ep.pth.tar`: {'state_dict': {'module.base_encoder.…', 'module.momentum_encoder.…', …}}."""
+    source = source_model(num_classes=256)
+    sd = source.state_dict()
+    state = {f"module.base_encoder.{k}": v for k, v in sd.items()}
+    state |= {f"module.momentum_encoder.{k}": torch.zeros_like(v) for k, v in sd.items()}
+    state["module.predictor.0.weight"] = torch.zeros(4, 4)
+    path = tmp_path / "vit-b-300ep.pth.tar"
+    torch.save({"epoch": 300, "arch": "vit_base", "state_dict": state}, path)
+
+    with pytest.raises(UserError, match="lacks .* weights .* set backbone.checkpoint_prefix=base_encoder."):
+        build_backbone(backbone_cfg(path), num_classes=3)
+    cfg = backbone_cfg(path)
+    cfg.checkpoint_prefix = "base_encoder."
+    model = build_backbone(cfg, num_classes=3)
+    for key, value in model.state_dict().items():
+        if not key.startswith("head."):
+            assert torch.equal(value, sd[key]), key
+
+
+def test_mocov3_backbone_demands_a_checkpoint():
+    from omegaconf.errors import MissingMandatoryValue
+
+    with pytest.raises(MissingMandatoryValue):
+        build_backbone(compose(["backbone=mocov3_vit_b16"]).backbone, num_classes=3)

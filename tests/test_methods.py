@@ -60,7 +60,9 @@ def test_two_epochs_on_digits(method, tiny_cfg):
     cfg = tiny_cfg(f"method={method}")
     metrics = run(cfg)
     run_dir = Path(cfg.paths.run_dir)
-    assert run_dir.parts[-5:] == ("digits", "digits", method, "vit_test", "seed42")
+    label = {"vpt": "vpt_deep"}.get(method, method)
+    assert metrics["method_label"] == label
+    assert run_dir.parts[-5:] == ("digits", "digits", label, "vit_test", "seed42")
     on_disk = json.loads((run_dir / "metrics.json").read_text())
     assert on_disk["top1"] == metrics["top1"]
     assert FIELDS <= on_disk.keys() and PROVENANCE <= on_disk["provenance"].keys()
