@@ -55,6 +55,7 @@ class RunSchema:
     optimizer: Any = MISSING
     scheduler: Any = MISSING
     logger: Any = MISSING
+    recipe: Any = None  # per-task values of an experiment (conf/experiment/), read by interpolation
 
 
 def _run_leaf(protocol: str, seed: int) -> str:

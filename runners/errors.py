@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -13,7 +14,7 @@ from hydra.errors import (
     MissingConfigException,
     OverrideParseException,
 )
-from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue, OmegaConfBaseException
 
 from data.task import DataError
 from methods.base import MethodError
@@ -37,6 +38,11 @@ def _one_line(exc: BaseException) -> str:
     if isinstance(exc, MissingConfigException) and exc.options is not None:
         group, choice = (exc.missing_cfg_file or "").split("/", 1)
         return f"unknown {group} '{choice}'; choose one of: {', '.join(_options(group))}"
+    if isinstance(exc, InterpolationToMissingValueError):
+        found = re.search(r"Missing mandatory value: (\S+)", str(exc))
+        source = found.group(1) if found else "a value"
+        return (f"{exc.full_key} comes from {source}, which this config leaves open (no published value): "
+                f"pass {source}=...")
     if isinstance(exc, MissingMandatoryValue):
         return f"{exc.full_key} has no default and must be given: {exc.full_key}=..."
     text = str(exc).strip()
@@ -47,7 +53,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 USER_ERRORS = (UserError, DataError, MethodError, MissingConfigException, ConfigCompositionException,
-               OverrideParseException, MissingMandatoryValue)
+               OverrideParseException, MissingMandatoryValue, InterpolationToMissingValueError)
 
 
 @contextmanager

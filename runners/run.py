@@ -18,6 +18,7 @@ from methods import create_method
 from runners.backbone import build_backbone, resolve_device, weights_tag
 from runners.config import config_hash
 from runners.io import save_safetensors, write_json, write_text
+from runners.locks import RunLock
 from runners.report import count_params, git_commit, gmacs_per_image, library_versions, peak_memory
 from runners.trainer import CHECKPOINT, Trainer, seed_everything
 
@@ -27,12 +28,22 @@ METRICS = "metrics.json"
 TRAINABLE = "trainable.safetensors"
 
 
-def _existing(run_dir: Path, digest: str) -> dict | None:
+class RunOutcome(dict):
+    """The run's metrics (as written to metrics.json) and how this call came by them, `status`:
+    `done` (finished before, skipped), `busy` (another process holds the run; no metrics),
+    `resumed` (finished from a checkpoint) or `new`."""
+
+    def __init__(self, metrics: dict, status: str):
+        super().__init__(metrics)
+        self.status = status
+
+
+def _existing(run_dir: Path, digest: str) -> RunOutcome | None:
     """The metrics of a finished run in `run_dir`, announcing the skip in one line."""
     path = run_dir / METRICS
     if not path.exists():
         return None
-    metrics = json.loads(path.read_text())
+    metrics = RunOutcome(json.loads(path.read_text()), "done")
     old = metrics.get("provenance", {}).get("config_hash")
     differs = "" if old == digest else (f" (its config {old} differs from this one, {digest}: set run_name=... "
                                         f"for a separate run, or force=true to replace it)")
@@ -40,16 +51,34 @@ def _existing(run_dir: Path, digest: str) -> dict | None:
     return metrics
 
 
-def run(cfg: DictConfig) -> dict:
-    """Train and evaluate one (task, backbone, method, seed); returns the metrics written to metrics.json."""
+def run(cfg: DictConfig) -> RunOutcome:
+    """Train and evaluate one (task, backbone, method, seed); returns the metrics written to metrics.json.
+
+    A finished run is skipped, a checkpointed one resumed, and a run another process holds is left alone
+    (a lock file per run directory), so sweeps can be killed, rerun and run side by side.
+    """
     run_dir = Path(cfg.paths.run_dir)
     digest = config_hash(cfg)
-    if cfg.force:
-        for name in (METRICS, TRAINABLE, CHECKPOINT):
-            (run_dir / name).unlink(missing_ok=True)
-    elif (done := _existing(run_dir, digest)) is not None:
+    if not cfg.force and (done := _existing(run_dir, digest)) is not None:
         return done
+    lock = RunLock(run_dir)
+    if not lock.acquire():
+        holder = lock.holder() or {}
+        log.info("skipped: %s is being run by pid %s on %s", run_dir, holder.get("pid"), holder.get("host"))
+        return RunOutcome({}, "busy")
+    try:
+        if cfg.force:
+            for name in (METRICS, TRAINABLE, CHECKPOINT):
+                (run_dir / name).unlink(missing_ok=True)
+        elif (done := _existing(run_dir, digest)) is not None:  # finished while we waited for the lock
+            return done
+        status = "resumed" if (run_dir / CHECKPOINT).exists() else "new"
+        return RunOutcome(_train_and_report(cfg, run_dir, digest, lock), status)
+    finally:
+        lock.release()
 
+
+def _train_and_report(cfg: DictConfig, run_dir: Path, digest: str, lock: RunLock) -> dict:
     started = time.perf_counter()
     seed_everything(cfg.seed, cfg.deterministic)
     device = resolve_device(cfg.device)
@@ -71,7 +100,7 @@ def run(cfg: DictConfig) -> dict:
             import torch
 
             torch.cuda.reset_peak_memory_stats(device)
-        trainer = Trainer(cfg, model, method, task, device, run_dir, digest, logger)
+        trainer = Trainer(cfg, model, method, task, device, run_dir, digest, logger, heartbeat=lock.refresh)
         method.prepare(model, trainer.train_loader)
         fit = trainer.fit()
         memory, memory_kind = peak_memory(device)

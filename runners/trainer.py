@@ -10,6 +10,7 @@ import logging
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,8 +72,10 @@ class Trainer:
     """Fits `model` (with `method` attached) on `task.train`, then evaluates once on `task.eval`."""
 
     def __init__(self, cfg: DictConfig, model: nn.Module, method: Method, task: Task, device: torch.device,
-                 run_dir: Path, config_hash: str, logger: NullLogger | None = None):
+                 run_dir: Path, config_hash: str, logger: NullLogger | None = None,
+                 heartbeat: Callable[[], None] | None = None):
         self.cfg, self.model, self.method, self.task = cfg, model, method, task
+        self.heartbeat = heartbeat or (lambda: None)
         self.device, self.run_dir, self.config_hash = device, Path(run_dir), config_hash
         self.logger = logger or NullLogger()
         mean, std = list(cfg.backbone.mean), list(cfg.backbone.std)
@@ -185,6 +188,7 @@ class Trainer:
                 progress.update(bar, description=f"{self.method.name} · {self.task.name} · epoch {epoch + 1} "
                                                  f"· loss {values['train/loss']:.3f}")
                 self._save_checkpoint(epoch + 1, step, seconds, images, curve)
+                self.heartbeat()
         top1 = self.evaluate()
         self.logger.log({f"eval/top1_{self.task.eval.name}": top1}, step=step)
         return FitResult(top1=top1, train_seconds=seconds, train_images=images,
