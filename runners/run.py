@@ -12,11 +12,14 @@ from pathlib import Path
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file
+from torch import nn
 
 from data import DecodeCache, build_task
-from methods import create_method
+from methods import Method, create_method
 from runners.backbone import build_backbone, resolve_device, weights_tag
 from runners.config import config_hash
+from runners.errors import UserError
 from runners.io import save_safetensors, write_json, write_text
 from runners.locks import RunLock
 from runners.report import count_params, git_commit, gmacs_per_image, library_versions, peak_memory
@@ -151,3 +154,23 @@ def _train_and_report(cfg: DictConfig, run_dir: Path, digest: str, lock: RunLock
     finally:
         logger.finish()
     return metrics
+
+
+def load_run(run_dir: str | Path) -> tuple[DictConfig, nn.Module, Method]:
+    """The finished run in `run_dir` as it ended: its config, its model (backbone weights from the same
+    source, the task-specific tensors from trainable.safetensors) and its method, in eval mode on CPU."""
+    run_dir = Path(run_dir)
+    for name in ("config.yaml", METRICS, TRAINABLE):
+        if not (run_dir / name).is_file():
+            raise UserError(f"{run_dir} is not a finished run (no {name}); pass a folder that has metrics.json")
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    metrics = json.loads((run_dir / METRICS).read_text())
+    seed_everything(cfg.seed, deterministic=False)
+    model = build_backbone(cfg.backbone, metrics["num_classes"])
+    method = create_method(**cfg.method)
+    method.attach(model)
+    stored = load_file(run_dir / TRAINABLE)
+    result = model.load_state_dict(stored, strict=False)
+    if result.unexpected_keys or set(method.trainable_state(model)) - set(stored):
+        raise UserError(f"{run_dir / TRAINABLE} does not match the model its config builds")
+    return cfg, model.eval(), method
