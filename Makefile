@@ -2,15 +2,18 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help install test test-fast demo bench lint format clean
+.PHONY: help install install-slurm test test-fast demo bench lint format clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 install: ## create .venv and install vpeft with its dev tools (pip install -e ".[dev]")
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[dev]"
+
+install-slurm: ## add the slurm extra (hydra-submitit-launcher) to .venv, for hydra/launcher=slurm
+	$(PY) -m pip install --quiet -e ".[slurm]"
 
 test: ## the whole suite: CPU only, offline
 	WANDB_MODE=disabled HF_HUB_OFFLINE=1 $(PY) -m pytest

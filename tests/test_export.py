@@ -34,6 +34,24 @@ def test_export_loads_in_plain_timm_with_the_runs_logits(method, tiny_cfg, tmp_p
         assert (fresh(X) - expected).abs().max().item() > 1e-3  # the export carries the trained weights
 
 
+def test_lora_export_is_also_an_hf_peft_adapter(tiny_cfg, tmp_path):
+    peft = pytest.importorskip("peft")
+    from runners.backbone import build_backbone
+    from runners.trainer import seed_everything
+
+    cfg = tiny_cfg("method=lora", "epochs=1", "optimizer.lr=0.05")
+    run(cfg)
+    _, model, _ = load_run(cfg.paths.run_dir)
+    with torch.no_grad():
+        expected = model(X)
+    folder = export(cfg.paths.run_dir, tmp_path / "export") / "peft"
+    seed_everything(cfg.seed, deterministic=False)  # the run's backbone, before any adaptation
+    base = build_backbone(cfg.backbone, 10)
+    adapted = peft.PeftModel.from_pretrained(base, str(folder)).eval()
+    with torch.no_grad():
+        assert (adapted(X) - expected).abs().max().item() < 1e-5
+
+
 def test_unmergeable_method_says_so_in_one_line(tiny_cfg, tmp_path):
     cfg = tiny_cfg("method=adapter", "epochs=1")
     run(cfg)
