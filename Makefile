@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help install install-slurm test test-fast demo bench lint format clean
+.PHONY: help install install-data install-slurm test test-fast demo bench lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -11,6 +11,9 @@ install: ## create .venv and install vpeft with its dev tools (pip install -e ".
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[dev]"
+
+install-data: ## add the data extra (tensorflow-cpu, tensorflow-datasets) to .venv, for scripts/prepare_vtab.py
+	$(PY) -m pip install --quiet -e ".[data]"
 
 install-slurm: ## add the slurm extra (hydra-submitit-launcher) to .venv, for hydra/launcher=slurm
 	$(PY) -m pip install --quiet -e ".[slurm]"
