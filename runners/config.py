@@ -27,7 +27,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = PROJECT_ROOT / "conf"
 
 # Keys that do not change what a run computes: a rerun that differs only in these is the same run.
-_NOT_IN_HASH = ("force", "paths", "logger", "device")
+_NOT_IN_HASH = ("force", "paths", "logger", "device", "data.cache_dir", "data.decode_workers")
 
 
 @dataclass
@@ -92,5 +92,9 @@ def config_hash(cfg: DictConfig) -> str:
     """A short hash of everything that changes what a run computes."""
     data = OmegaConf.to_container(cfg, resolve=True)
     for key in _NOT_IN_HASH:
-        data.pop(key, None)
+        *parents, leaf = key.split(".")
+        node = data
+        for parent in parents:
+            node = node.get(parent, {})
+        node.pop(leaf, None)
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]

@@ -97,7 +97,7 @@ class Trainer:
             skip = self.model.no_weight_decay() if hasattr(self.model, "no_weight_decay") else ()
             params = param_groups_weight_decay(self.model, weight_decay, no_weight_decay_list=skip)
             params = [g for g in params if g["params"]]
-        if not params or not any(g["params"] for g in params):
+        if not any(g["params"] for g in params):
             raise UserError(f"method '{self.method.name}' left no trainable parameter")
         extra = {}
         if self.device.type == "cuda" and "fused" in inspect.signature(factory.func).parameters:

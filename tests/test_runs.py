@@ -67,3 +67,13 @@ def test_wandb_offline_run_is_written_under_the_run_dir(tiny_cfg, monkeypatch):
     run(cfg)
     offline = list((Path(cfg.paths.run_dir) / "wandb").glob("offline-run-*"))
     assert len(offline) == 1 and list(offline[0].glob("*.wandb"))
+
+
+def test_config_hash_ignores_where_things_are_kept(tiny_cfg):
+    from runners.config import config_hash
+
+    base = config_hash(tiny_cfg("method=linear"))
+    assert config_hash(tiny_cfg("method=linear", "paths.cache_dir=/elsewhere", "data.decode_workers=7",
+                                "logger=wandb", "device=cpu")) == base
+    assert config_hash(tiny_cfg("method=linear", "data.skip_corrupt=true")) != base
+    assert config_hash(tiny_cfg("method=linear", "optimizer.lr=0.5")) != base
