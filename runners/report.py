@@ -55,6 +55,12 @@ def gmacs_per_image(model: nn.Module, image_size: int, device: torch.device | st
     return counter.get_total_flops() / 2e9
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start the CUDA peak from here (the CPU peak RSS is the process's and cannot be reset)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
 def peak_memory(device: torch.device) -> tuple[float, str]:
     """Peak memory in MiB and what it measures: CUDA max allocated, or the process's peak RSS on CPU."""
     if device.type == "cuda":

@@ -22,7 +22,14 @@ from runners.config import config_hash
 from runners.errors import UserError
 from runners.io import save_safetensors, write_json, write_text
 from runners.locks import RunLock
-from runners.report import count_params, git_commit, gmacs_per_image, library_versions, peak_memory
+from runners.report import (
+    count_params,
+    git_commit,
+    gmacs_per_image,
+    library_versions,
+    peak_memory,
+    reset_peak_memory,
+)
 from runners.trainer import CHECKPOINT, Trainer, seed_everything
 
 log = logging.getLogger(__name__)
@@ -99,10 +106,7 @@ def _train_and_report(cfg: DictConfig, run_dir: Path, digest: str, lock: RunLock
     logger = instantiate(cfg.logger)
     logger.start(run_dir, name=str(Path(cfg.paths.run_subdir)), config=resolved)
     try:
-        if device.type == "cuda":
-            import torch
-
-            torch.cuda.reset_peak_memory_stats(device)
+        reset_peak_memory(device)
         trainer = Trainer(cfg, model, method, task, device, run_dir, digest, logger, heartbeat=lock.refresh)
         method.prepare(model, trainer.train_loader)
         fit = trainer.fit()
