@@ -21,7 +21,14 @@ from torch import nn
 
 from methods import register_method
 from methods.base import Method, MethodError, freeze_backbone
-from methods.layers import AddAdapterOutput, Bottleneck, block_width, transformer_blocks
+from methods.layers import (
+    ACTIVATIONS,
+    BOTTLENECK_INITS,
+    AddAdapterOutput,
+    Bottleneck,
+    block_width,
+    transformer_blocks,
+)
 
 PLACEMENTS = {"pfeiffer": ("mlp",), "houlsby": ("attn", "mlp")}
 
@@ -42,6 +49,10 @@ class Adapter(Method):
                  dropout: float = 0.1, init: str = "xavier"):
         if placement not in PLACEMENTS:
             raise MethodError(f"method.placement={placement} is unknown; choose one of: {', '.join(PLACEMENTS)}")
+        if act not in ACTIVATIONS:
+            raise MethodError(f"method.act={act} is unknown; choose one of: {', '.join(ACTIVATIONS)}")
+        if init not in BOTTLENECK_INITS:
+            raise MethodError(f"method.init={init} is unknown; choose one of: {', '.join(BOTTLENECK_INITS)}")
         self.bottleneck, self.placement, self.act, self.dropout, self.init = bottleneck, placement, act, dropout, init
 
     @property
@@ -57,10 +68,6 @@ class Adapter(Method):
             ref = block.norm2.weight
             for site in PLACEMENTS[self.placement]:
                 attr = f"adapter_{site}"
-                try:
-                    adapter = Bottleneck(block_width(block), self.bottleneck, self.act, self.dropout, init=self.init,
-                                         device=ref.device, dtype=ref.dtype)
-                except ValueError as e:
-                    raise MethodError(f"adapter: {e}") from None
-                block.add_module(attr, adapter)
+                block.add_module(attr, Bottleneck(block_width(block), self.bottleneck, self.act, self.dropout,
+                                                  init=self.init, device=ref.device, dtype=ref.dtype))
                 getattr(block, site).register_forward_hook(AddAdapterOutput(block, attr))

@@ -110,7 +110,7 @@ class LoRALinear(nn.Module):
                  dropout: float = 0.0, init: str = "paper"):
         super().__init__()
         self.base = base
-        self.slices = [tuple(s) for s in slices] if slices else [(0, base.out_features)]
+        self.slices = sorted(tuple(s) for s in slices) if slices else [(0, base.out_features)]
         self.scale = scale
         self.dropout = nn.Dropout(dropout)
         ref = base.weight
@@ -130,11 +130,14 @@ class LoRALinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         h = self.dropout(x)
+        deltas = [self.scale * ((h @ a.t()) @ b.t()) for a, b in zip(self.lora_A, self.lora_B, strict=True)]
+        if self.slices == [(0, y.shape[-1])]:  # the fused qkv as a whole
+            return y + deltas[0]
         pieces, end = [], 0
-        for (s, e), a, b in sorted(zip(self.slices, self.lora_A, self.lora_B, strict=True), key=lambda t: t[0]):
+        for (s, e), delta in zip(self.slices, deltas, strict=True):
             if s > end:
                 pieces.append(y.new_zeros(*y.shape[:-1], s - end))
-            pieces.append(self.scale * ((h @ a.t()) @ b.t()))
+            pieces.append(delta)
             end = e
         if end < y.shape[-1]:
             pieces.append(y.new_zeros(*y.shape[:-1], y.shape[-1] - end))
@@ -162,6 +165,7 @@ class QuickGELU(nn.Module):
 
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "quick_gelu": QuickGELU}
+BOTTLENECK_INITS = ("lora", "xavier", "noah", "zero")
 
 
 class Bottleneck(nn.Module):
