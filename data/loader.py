@@ -61,3 +61,22 @@ class DeviceLoader:
             x = self.images[idx.to(self.images.device)].to(self.device, non_blocking=True)
             x = x.float().mul_(self._scale).add_(self._offset)
             yield (self.augment(x, generator) if self.augment else x), self.labels[idx.to(self.device)]
+
+
+class SplitPass:
+    """A split in file order, normalised, without augmentation: what a method's data-dependent step reads.
+
+    `pass_(batch_size, max_batches)` yields (images, labels) batches on `device`.
+    """
+
+    def __init__(self, split: Split, device: torch.device, mean: Sequence[float], std: Sequence[float],
+                 num_classes: int):
+        self.split, self.device, self.mean, self.std = split, device, mean, std
+        self.num_classes, self.images = num_classes, len(split)
+
+    def __call__(self, batch_size: int, max_batches: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        loader = DeviceLoader(self.split, batch_size, self.device, self.mean, self.std)
+        for i, batch in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                return
+            yield batch

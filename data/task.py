@@ -12,6 +12,28 @@ class DataError(ValueError):
     """The data cannot be used as configured (the message names the path or value and the fix)."""
 
 
+@dataclass(frozen=True)
+class Normalisation:
+    """Inputs as (x / 255 − mean) / std, per channel."""
+
+    name: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+NORMALISATIONS = {n.name: n for n in (
+    Normalisation("imagenet", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # VPT, NOAH, SPT, SCT, E2VPT
+    Normalisation("inception", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # Google's ViT weights; SSF, HST, DyT
+    Normalisation("none", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),  # inputs in [0, 1]: the 1-bit adapters
+)}
+
+
+def normalisation(name: str) -> Normalisation:
+    if name not in NORMALISATIONS:
+        raise DataError(f"unknown normalisation '{name}'; choose one of: {', '.join(NORMALISATIONS)}")
+    return NORMALISATIONS[name]
+
+
 # Roles of the VTAB-1k list files under each protocol: (training split, evaluation split).
 VTAB_PROTOCOL_SPLITS = {
     "final": ("train800val200", "test"),

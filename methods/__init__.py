@@ -5,7 +5,7 @@
     method.attach(model)
 
 Adding a method is one file here that defines a `Method` subclass decorated with `@register_method`;
-it is discovered on first use.
+it is discovered on first use. Techniques that compose with any method live in `methods/techniques/`.
 """
 
 from __future__ import annotations
@@ -16,19 +16,21 @@ import pkgutil
 from methods.base import Method, MethodError
 
 _REGISTRY: dict[str, type[Method]] = {}
-_NOT_METHODS = {"base", "layers"}
+_NOT_METHODS = {"base", "layers", "tuners"}
 
 
 def register_method(cls: type[Method]) -> type[Method]:
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(f"two methods are registered as '{cls.name}'")
+    """Register `cls` under `cls.name`; names and parameter prefixes are unique (as peft's method registry)."""
+    for other in _REGISTRY.values():
+        if other is not cls and (other.name == cls.name or other.prefix == cls.prefix):
+            raise ValueError(f"methods '{other.name}' and '{cls.name}' share a name or the prefix '{cls.prefix}'")
     _REGISTRY[cls.name] = cls
     return cls
 
 
 def _discover() -> None:
     for info in pkgutil.iter_modules(__path__):
-        if info.name not in _NOT_METHODS and not info.name.startswith("_"):
+        if not info.ispkg and info.name not in _NOT_METHODS and not info.name.startswith("_"):
             importlib.import_module(f"{__name__}.{info.name}")
 
 

@@ -1,18 +1,25 @@
 """Bottleneck adapters (Houlsby et al., ICML 2019, arXiv 1902.00751; Pfeiffer et al., EACL 2021,
 arXiv 2005.00247), as the VTAB "Adapter (8)" row ran them (NOAH's re-implementation).
 
-    h = MLP(LN2 x);   h ← h + W_up · Dropout(QuickGELU(W_down h));   x ← x + h
+    h = DropPath(MLP(LN2 x));   h ← h + W_up · Dropout(QuickGELU(W_down h));   x ← x + h
 
-Default (`placement=pfeiffer`): one adapter per block on the MLP output, inside the residual branch,
-bottleneck 8, QuickGELU, dropout 0.1, biases — 12 · 13,064 = 156,768 at ViT-B/16 (the published "0.16M",
-head excluded). `placement=houlsby` adds a second one on the attention output (313,536).
-Init: `xavier` (NOAH's module: Xavier-uniform weights, biases N(0, 1e-6) — not an identity),
-`noah` (trunc-normal 0.02, what NOAH's model re-initialises them to before training) or `zero`.
-VPT's adapter baseline is this placement with `act=gelu dropout=0 init=zero bottleneck=768/r`; with all
-tensors zero only the up bias ever receives a gradient, as in VPT's code.
+Default (`placement=pfeiffer`): one adapter per block on the MLP branch, bottleneck 8, QuickGELU, dropout 0.1,
+biases — 12 · 13,064 = 156,768 at ViT-B/16 (the published "0.16M", head excluded). `placement=houlsby` adds a
+second one on the attention branch (313,536).
 
-Insertion: a forward hook on `blocks.i.mlp` (and `blocks.i.attn`) of every transformer block (ViT, Swin);
-the adapters are submodules `adapter_mlp` / `adapter_attn` of the block. Not mergeable (non-linear).
+Where in the branch (`order`): NOAH's block applies the adapter to the branch *after* its drop-path
+(`after_drop_path`, the default): under stochastic depth the adapter is not dropped with the MLP and reads the
+dropped branch. `before_drop_path` puts it on the MLP output inside the drop-path (the adapter is dropped with
+the MLP), as in a Pfeiffer block drawn without stochastic depth. Both are the same function at evaluation.
+
+Init: `xavier` (NOAH's module: Xavier-uniform weights, biases N(0, 1e-6) — not an identity), `noah`
+(trunc-normal 0.02, what NOAH's model re-initialises them to before training) or `zero`. VPT's adapter baseline is
+this placement with `act=gelu dropout=0 init=zero bottleneck=768/r`; with all tensors zero only the up bias ever
+receives a gradient, as in VPT's code.
+
+Insertion: a `SequentialAdapter` wrapping `blocks.i.drop_path2` (`drop_path1` for the attention adapter), or
+`blocks.i.mlp` / `blocks.i.attn` with `order=before_drop_path`, in every transformer block (ViT, Swin); the
+adapter is its child `adapter`. Not mergeable (non-linear).
 """
 
 from __future__ import annotations
@@ -20,54 +27,51 @@ from __future__ import annotations
 from torch import nn
 
 from methods import register_method
-from methods.base import Method, MethodError, freeze_backbone
-from methods.layers import (
-    ACTIVATIONS,
-    BOTTLENECK_INITS,
-    AddAdapterOutput,
-    Bottleneck,
-    block_width,
-    transformer_blocks,
-)
+from methods.base import Method, MethodError, choice, freeze_backbone
+from methods.layers import ACTIVATIONS, BOTTLENECK_INITS, Bottleneck, SequentialAdapter, block_width, transformer_blocks
 
 PLACEMENTS = {"pfeiffer": ("mlp",), "houlsby": ("attn", "mlp")}
+ORDERS = {"after_drop_path": {"attn": "drop_path1", "mlp": "drop_path2"},
+          "before_drop_path": {"attn": "attn", "mlp": "mlp"}}
 
 
 @register_method
 class Adapter(Method):
     """Args:
     bottleneck: the adapter's hidden width.
-    placement: "pfeiffer" (after the MLP) or "houlsby" (after the attention and after the MLP).
+    placement: "pfeiffer" (on the MLP branch) or "houlsby" (on the attention branch and on the MLP branch).
+    order: "after_drop_path" (NOAH) or "before_drop_path": where in the branch the adapter sits.
     act: quick_gelu | gelu | relu.
     dropout: inside the adapter, after the activation.
     init: xavier | noah | zero | lora.
     """
 
     name = "adapter"
+    prefix = "adapter"
 
-    def __init__(self, bottleneck: int = 8, placement: str = "pfeiffer", act: str = "quick_gelu",
-                 dropout: float = 0.1, init: str = "xavier"):
-        if placement not in PLACEMENTS:
-            raise MethodError(f"method.placement={placement} is unknown; choose one of: {', '.join(PLACEMENTS)}")
-        if act not in ACTIVATIONS:
-            raise MethodError(f"method.act={act} is unknown; choose one of: {', '.join(ACTIVATIONS)}")
-        if init not in BOTTLENECK_INITS:
-            raise MethodError(f"method.init={init} is unknown; choose one of: {', '.join(BOTTLENECK_INITS)}")
-        self.bottleneck, self.placement, self.act, self.dropout, self.init = bottleneck, placement, act, dropout, init
+    def __init__(self, bottleneck: int = 8, placement: str = "pfeiffer", order: str = "after_drop_path",
+                 act: str = "quick_gelu", dropout: float = 0.1, init: str = "xavier"):
+        self.placement = choice("placement", placement, PLACEMENTS)
+        self.order = choice("order", order, ORDERS)
+        self.act = choice("act", act, ACTIVATIONS)
+        self.init = choice("init", init, BOTTLENECK_INITS)
+        if bottleneck < 1:
+            raise MethodError(f"method.bottleneck={bottleneck} must be at least 1")
+        self.bottleneck, self.dropout = bottleneck, dropout
 
     @property
     def label(self) -> str:
         return "adapter" if self.placement == "pfeiffer" else f"adapter_{self.placement}"
 
-    def attach(self, model: nn.Module) -> None:
+    def attach(self, model: nn.Module, plan: dict | None = None) -> None:
         freeze_backbone(model)
         blocks = transformer_blocks(model)
         if not blocks:
             raise MethodError(f"adapter goes into transformer blocks (attn + mlp) and {type(model).__name__} has none")
-        for _, block in blocks:
+        for name, block in blocks:
             ref = block.norm2.weight
             for site in PLACEMENTS[self.placement]:
-                attr = f"adapter_{site}"
-                block.add_module(attr, Bottleneck(block_width(block), self.bottleneck, self.act, self.dropout,
-                                                  init=self.init, device=ref.device, dtype=ref.dtype))
-                getattr(block, site).register_forward_hook(AddAdapterOutput(block, attr))
+                target = f"{name}.{ORDERS[self.order][site]}"
+                adapter = Bottleneck(block_width(block), self.bottleneck, self.act, self.dropout, init=self.init,
+                                     device=ref.device, dtype=ref.dtype)
+                model.set_submodule(target, SequentialAdapter(model.get_submodule(target), adapter, self.prefix))

@@ -9,8 +9,8 @@ fixed constant; bottleneck 64; down Kaiming-uniform, up and biases zero, so the 
 pretrained one at init. ViT-B/16: 12 · (768·64 + 64 + 64·768 + 768) = 1,189,632; the VTAB tables' setting,
 bottleneck 8, gives 156,768 (`experiment=adaptformer_vtab`).
 
-Insertion: a forward pre-hook on `blocks.i.norm2` feeds h to the adapter, a forward hook on `blocks.i`
-adds its output; the adapter is the submodule `adaptformer` of each block. Not mergeable (non-linear).
+Insertion: a `ParallelAdapter` wrapping each `blocks.i`, reading the input of its `norm2` and adding the
+adapter's output to the block's output; the adapter is its child `adaptformer`. Not mergeable (non-linear).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from torch import nn
 
 from methods import register_method
 from methods.base import Method, MethodError, freeze_backbone
-from methods.layers import AddCaptured, Bottleneck, CaptureInput, block_width, transformer_blocks
+from methods.layers import Bottleneck, ParallelAdapter, block_width, transformer_blocks
 
 
 @register_method
@@ -31,19 +31,21 @@ class AdaptFormer(Method):
     """
 
     name = "adaptformer"
+    prefix = "adaptformer"
 
     def __init__(self, bottleneck: int = 64, scale: float = 0.1, dropout: float = 0.1):
+        if bottleneck < 1:
+            raise MethodError(f"method.bottleneck={bottleneck} must be at least 1")
         self.bottleneck, self.scale, self.dropout = bottleneck, scale, dropout
 
-    def attach(self, model: nn.Module) -> None:
+    def attach(self, model: nn.Module, plan: dict | None = None) -> None:
         freeze_backbone(model)
         blocks = transformer_blocks(model)
         if not blocks:
             raise MethodError(f"adaptformer goes into transformer blocks (attn + mlp) and {type(model).__name__} "
                               f"has none")
-        for _, block in blocks:
+        for name, block in blocks:
             ref = block.norm2.weight
-            block.add_module("adaptformer", Bottleneck(block_width(block), self.bottleneck, "relu", self.dropout,
-                                                       self.scale, init="lora", device=ref.device, dtype=ref.dtype))
-            block.norm2.register_forward_pre_hook(CaptureInput(block, "adaptformer"))
-            block.register_forward_hook(AddCaptured(block, "adaptformer"))
+            adapter = Bottleneck(block_width(block), self.bottleneck, "relu", self.dropout, self.scale, init="lora",
+                                 device=ref.device, dtype=ref.dtype)
+            model.set_submodule(name, ParallelAdapter(block, adapter, tap="norm2", prefix=self.prefix))

@@ -17,12 +17,10 @@ from methods.base import Method, freeze_backbone
 @register_method
 class BitFit(Method):
     name = "bitfit"
+    prefix = "bitfit_"  # inserts nothing
 
-    def attach(self, model: nn.Module) -> None:
+    def attach(self, model: nn.Module, plan: dict | None = None) -> None:
         freeze_backbone(model)
         for name, p in model.named_parameters():
             if name.rsplit(".", 1)[-1] == "bias":
                 p.requires_grad_(True)
-
-    def merge(self, model: nn.Module) -> nn.Module:
-        return model

@@ -15,10 +15,8 @@ from methods.base import Method
 @register_method
 class Full(Method):
     name = "full"
+    prefix = "full_"  # inserts nothing
 
-    def attach(self, model: nn.Module) -> None:
+    def attach(self, model: nn.Module, plan: dict | None = None) -> None:
         for p in model.parameters():
             p.requires_grad_(True)
-
-    def merge(self, model: nn.Module) -> nn.Module:
-        return model

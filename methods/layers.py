@@ -1,7 +1,10 @@
-"""Building blocks shared by methods.
+"""Building blocks shared by methods: tuners that wrap one module (methods/tuners.py) and plain layers.
 
-`ScaleShift` is the per-channel affine map y = γ ⊙ x + β applied to a layer's output (SSF); it folds
-into the layer it follows when that layer is affine in its output channels (Linear, Conv2d, LayerNorm).
+- `ScaleShift`: the per-channel affine map y = γ ⊙ x + β on a layer's output (SSF); it folds into the layer
+  when that layer is affine in its output channels (Linear, Conv2d, LayerNorm).
+- `LoRALinear`: low-rank updates on row ranges of a frozen Linear (a fused qkv as a whole, or q and v).
+- `Bottleneck`: the D → r → D adapter; placed by `SequentialAdapter` (in series after a module) or
+  `ParallelAdapter` (beside a block's sub-branch, reading the branch's input).
 """
 
 from __future__ import annotations
@@ -9,6 +12,8 @@ from __future__ import annotations
 import torch
 from timm.layers import LayerNorm2d
 from torch import nn
+
+from methods.tuners import Tuner
 
 
 def output_channel_dim(module: nn.Module) -> int | None:
@@ -50,7 +55,7 @@ def fold_scale_shift(layer: nn.Module, scale: torch.Tensor, shift: torch.Tensor)
     return layer
 
 
-class ScaleShift(nn.Module):
+class ScaleShift(Tuner):
     """Wraps a layer: forward(x) = γ ⊙ layer(x) + β, γ and β of the layer's output width.
 
     Args:
@@ -58,12 +63,13 @@ class ScaleShift(nn.Module):
         init_std: γ ~ N(1, init_std), β ~ N(0, init_std), as SSF initialises them.
     """
 
+    mergeable = True
+
     def __init__(self, layer: nn.Module, init_std: float = 0.02):
-        super().__init__()
         dim = output_channel_dim(layer)
         if dim is None:
             raise TypeError(f"ScaleShift cannot follow a {type(layer).__name__}")
-        self.layer = layer
+        super().__init__(layer)
         self.channel_dim = dim
         width = output_channels(layer)
         ref = next(layer.parameters())
@@ -77,18 +83,20 @@ class ScaleShift(nn.Module):
         return p.view(-1, *([1] * trailing))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.layer(x)
+        y = self.base(x)
+        if not self.active:
+            return y
         return y * self._broadcast(self.ssf_scale, y.ndim) + self._broadcast(self.ssf_shift, y.ndim)
 
     def merged(self) -> nn.Module:
         """The wrapped layer with γ and β folded into its weight and bias."""
-        return fold_scale_shift(self.layer, self.ssf_scale.detach(), self.ssf_shift.detach())
+        return fold_scale_shift(self.base, self.ssf_scale.detach(), self.ssf_shift.detach())
 
     def extra_repr(self) -> str:
         return f"channels={self.ssf_scale.numel()}, channel_dim={self.channel_dim}"
 
 
-class LoRALinear(nn.Module):
+class LoRALinear(Tuner):
     """A frozen Linear plus low-rank updates on chosen row ranges of its output.
 
         y = W x + b,   y[s:e] += scale · B_k A_k dropout(x)   for each slice k = (s, e)
@@ -106,10 +114,11 @@ class LoRALinear(nn.Module):
               "noah" — A and B trunc-normal std 0.02, as NOAH's model re-initialises them after building.
     """
 
+    mergeable = True
+
     def __init__(self, base: nn.Linear, rank: int, slices: list[tuple[int, int]] | None = None, scale: float = 1.0,
                  dropout: float = 0.0, init: str = "paper"):
-        super().__init__()
-        self.base = base
+        super().__init__(base)
         self.slices = sorted(tuple(s) for s in slices) if slices else [(0, base.out_features)]
         self.scale = scale
         self.dropout = nn.Dropout(dropout)
@@ -129,6 +138,8 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
+        if not self.active:
+            return y
         h = self.dropout(x)
         deltas = [self.scale * ((h @ a.t()) @ b.t()) for a, b in zip(self.lora_A, self.lora_B, strict=True)]
         if self.slices == [(0, y.shape[-1])]:  # the fused qkv as a whole
@@ -219,47 +230,57 @@ class Bottleneck(nn.Module):
         return self.scale * self.up(self.dropout(self.act(self.down(x))))
 
 
-class AddAdapterOutput:
-    """Forward hook on a sublayer: output ← output + adapter(output) (a sequential adapter after it).
+class SequentialAdapter(Tuner):
+    """y = base(x);  y ← y + adapter(y): an adapter in series after `base` (inside the branch it sits in)."""
 
-    A callable object rather than a closure, so a deep-copied model's hook finds the copy's adapter.
+    def __init__(self, base: nn.Module, adapter: nn.Module, prefix: str):
+        super().__init__(base)
+        self.prefix = prefix
+        self.add_module(prefix, adapter)
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        y = self.base(*args, **kwargs)
+        return y + getattr(self, self.prefix)(y) if self.active else y
+
+
+class ParallelAdapter(Tuner):
+    """out = base(x) + adapter(h), h the input of `base.<tap>` during this call: an adapter parallel to a
+    sub-branch of a block (AdaptFormer reads the residual stream entering `norm2`).
+
+    The input is taken by a read-only forward pre-hook that lives only for the call, so no value outlives it;
+    the adapter's output is reshaped to the block's output (Swin blocks return B×H×W×C).
     """
 
-    def __init__(self, owner: nn.Module, attr: str):
-        self.owner, self.attr = owner, attr
+    def __init__(self, base: nn.Module, adapter: nn.Module, tap: str, prefix: str):
+        super().__init__(base)
+        self.tap, self.prefix = tap, prefix
+        self.add_module(prefix, adapter)
 
-    def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-        return output + getattr(self.owner, self.attr)(output)
-
-
-class CaptureInput:
-    """Forward pre-hook: runs `owner.<attr>` on the module's input and keeps the result for `AddCaptured`."""
-
-    def __init__(self, owner: nn.Module, attr: str):
-        self.owner, self.attr = owner, attr
-
-    def __call__(self, module: nn.Module, args: tuple) -> None:
-        getattr(self.owner, self.attr).pending = getattr(self.owner, self.attr)(args[0])
-
-
-class AddCaptured:
-    """Forward hook on a block: output ← output + the adapter output captured inside it (a parallel adapter)."""
-
-    def __init__(self, owner: nn.Module, attr: str):
-        self.owner, self.attr = owner, attr
-
-    def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-        adapter = getattr(self.owner, self.attr)
-        pending, adapter.pending = adapter.pending, None
-        return output + pending.reshape(output.shape)
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        if not self.active:
+            return self.base(*args, **kwargs)
+        seen: list[torch.Tensor] = []
+        handle = getattr(self.base, self.tap).register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+        try:
+            out = self.base(*args, **kwargs)
+        finally:
+            handle.remove()
+        return out + getattr(self, self.prefix)(seen[-1]).reshape(out.shape)
 
 
 def transformer_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """(name, block) of every transformer block: a module with `attn`, `mlp` and `norm2` children
     (timm's ViT `Block`, Swin's `SwinTransformerBlock`, …)."""
     return [(n, m) for n, m in model.named_modules()
-            if all(isinstance(getattr(m, a, None), nn.Module) for a in ("attn", "mlp", "norm2"))]
+            if all(isinstance(m._modules.get(a), nn.Module) for a in ("attn", "mlp", "norm2"))]
+
+
+def unwrapped(module: nn.Module) -> nn.Module:
+    """The module under any tuners wrapping it."""
+    while isinstance(module, Tuner):
+        module = module.base
+    return module
 
 
 def block_width(block: nn.Module) -> int:
-    return output_channels(block.norm2)
+    return output_channels(unwrapped(block.norm2))

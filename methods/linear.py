@@ -15,9 +15,7 @@ from methods.base import Method, freeze_backbone
 @register_method
 class Linear(Method):
     name = "linear"
+    prefix = "linear_"  # inserts nothing
 
-    def attach(self, model: nn.Module) -> None:
+    def attach(self, model: nn.Module, plan: dict | None = None) -> None:
         freeze_backbone(model)
-
-    def merge(self, model: nn.Module) -> nn.Module:
-        return model

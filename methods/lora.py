@@ -10,11 +10,13 @@ Two variants with the same count, 12 · (768·8 + 8·2304) = 294,912 at ViT-B/16
 
 Insertion: every `*.attn.qkv` Linear (timm ViT and Swin blocks). Init `paper` (A Kaiming-uniform, B = 0:
 the model starts as the pretrained one) or `noah` (both trunc-normal 0.02, as NOAH's runs really started).
-Merge: W_qkv ← W_qkv + s · B A, exact, so the merged model is a plain timm model.
+Merge: W_qkv ← W_qkv + s · B A, exact, so the merged model is a plain timm model. The fused variant is also
+an HF peft LoRA adapter on `qkv` (`to_peft`; lora_alpha = s · r); peft cannot express q/v row slices.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from methods import register_method
@@ -35,6 +37,7 @@ class LoRA(Method):
     """
 
     name = "lora"
+    prefix = "lora_"
 
     def __init__(self, rank: int = 8, variant: str = "qkv", scale: float = 1.0, dropout: float = 0.1,
                  init: str = "paper"):
@@ -48,7 +51,7 @@ class LoRA(Method):
     def label(self) -> str:
         return "lora" if self.variant == "qkv" else f"lora_{self.variant}"
 
-    def attach(self, model: nn.Module) -> None:
+    def attach(self, model: nn.Module, plan: dict | None = None) -> None:
         freeze_backbone(model)
         targets = [(n, m) for n, m in backbone_modules(model)
                    if n.endswith("attn.qkv") and isinstance(m, nn.Linear)]
@@ -59,7 +62,17 @@ class LoRA(Method):
             slices = None if self.variant == "qkv" else [(0, width), (2 * width, 3 * width)]
             model.set_submodule(name, LoRALinear(qkv, self.rank, slices, self.scale, self.dropout, self.init))
 
-    def merge(self, model: nn.Module) -> nn.Module:
-        for name in [n for n, m in model.named_modules() if isinstance(m, LoRALinear)]:
-            model.set_submodule(name, model.get_submodule(name).merged())
-        return model
+    def to_peft(self, model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]] | None:
+        layers = {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
+        if self.variant != "qkv" or not layers:
+            return None
+        head = next(n for n, m in model.named_modules() if m is model.get_classifier())
+        config = {"r": self.rank, "lora_alpha": self.scale * self.rank, "lora_dropout": self.dropout,
+                  "target_modules": ["qkv"], "modules_to_save": [head]}
+        tensors = {}
+        for name, layer in layers.items():
+            tensors[f"base_model.model.{name}.lora_A.weight"] = layer.lora_A[0].detach()
+            tensors[f"base_model.model.{name}.lora_B.weight"] = layer.lora_B[0].detach()
+        for key, value in model.get_classifier().state_dict().items():
+            tensors[f"base_model.model.{head}.{key}"] = value
+        return config, tensors

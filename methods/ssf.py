@@ -33,20 +33,15 @@ class SSF(Method):
     """
 
     name = "ssf"
+    prefix = "ssf_"
 
     def __init__(self, init_std: float = 0.02):
         self.init_std = init_std
 
-    def attach(self, model: nn.Module) -> None:
+    def attach(self, model: nn.Module, plan: dict | None = None) -> None:
         freeze_backbone(model)
         targets = [n for n, m in backbone_modules(model) if output_channel_dim(m) is not None]
         if not targets:
             raise MethodError(f"ssf found no Linear, Conv2d or LayerNorm to follow in {type(model).__name__}")
         for name in targets:
             model.set_submodule(name, ScaleShift(model.get_submodule(name), self.init_std))
-
-    def merge(self, model: nn.Module) -> nn.Module:
-        wrapped = [n for n, m in model.named_modules() if isinstance(m, ScaleShift)]
-        for name in wrapped:
-            model.set_submodule(name, model.get_submodule(name).merged())
-        return model

@@ -4,11 +4,17 @@ p learnable prompt tokens P ∈ R^{p×D}, without positional embedding, enter th
 token:  z₀ = [CLS; dropout(P₁); E].  Shallow: only P₁.  Deep: before block i (i = 2..L) the p prompt
 outputs of block i−1 are replaced by dropout(Pᵢ).  The head reads the CLS token; prompt outputs are
 discarded.  Params: shallow D·p, deep L·D·p (ViT-B/16: 9,216·p), head excluded.
-Init: U(−v, v), v = √(6 / (3·patch² + D)) (0.0625 at ViT-B/16).  Prompt dropout 0.1 (VPT's deep runs).
+Init: U(−v, v), v = √(6 / (3·patch² + D)) (0.0625 at ViT-B/16).
+Prompt dropout: as VPT's code, the prompts are expanded over the batch first and dropped out after, so every
+sample draws its own mask.
 
-Insertion on an unmodified timm ViT: a forward hook on `norm_pre` (the sequence entering the blocks)
-inserts P₁ after the prefix tokens; deep adds forward pre-hooks on `blocks.i`, i ≥ 1, that overwrite the
-prompt positions.  Needs a timm VisionTransformer with a CLS token and CLS pooling.  Not mergeable.
+Defaults: 10 prompts and dropout 0.1 (VPT's deep VTAB runs, `demo.ipynb`), not VPT's config defaults (5 tokens,
+dropout 0.0), which no released VTAB command uses; `experiment=vpt_vtab` sets the per-task lengths.
+
+Insertion on an unmodified timm ViT: `PromptInsert` wraps `norm_pre` (the sequence entering the blocks) and
+inserts P₁ after the prefix tokens; deep wraps `blocks.i`, i ≥ 1, in `PromptReplace`, which overwrites the
+prompt positions before the block runs. Needs a timm VisionTransformer with a CLS token and CLS pooling.
+Not mergeable.
 """
 
 from __future__ import annotations
@@ -20,45 +26,71 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from methods import register_method
-from methods.base import Method, MethodError, freeze_backbone
+from methods.base import Method, MethodError, choice, freeze_backbone
+from methods.tuners import Tuner
 
 MODES = ("shallow", "deep")
 
 
-class PromptBank(nn.Module):
-    """`sets` prompt sets of `length` tokens of width `dim`, initialised U(−v, v)."""
+class _Prompts(Tuner):
+    """A tuner holding one prompt set `vpt_prompt` (length × D), U(−bound, bound), with per-sample dropout."""
 
-    def __init__(self, sets: int, length: int, dim: int, bound: float, dropout: float, device=None, dtype=None):
-        super().__init__()
-        self.prompts = nn.Parameter(torch.empty(sets, length, dim, device=device, dtype=dtype).uniform_(-bound, bound))
+    def __init__(self, base: nn.Module, length: int, dim: int, bound: float, dropout: float, num_prefix: int,
+                 like: torch.Tensor):
+        super().__init__(base)
+        self.num_prefix = num_prefix
+        self.vpt_prompt = nn.Parameter(torch.empty(length, dim, device=like.device, dtype=like.dtype))
+        nn.init.uniform_(self.vpt_prompt, -bound, bound)
         self.dropout = nn.Dropout(dropout)
 
-    def get(self, i: int, batch: int) -> torch.Tensor:
-        return self.dropout(self.prompts[i]).expand(batch, -1, -1)
+    def prompts(self, batch: int) -> torch.Tensor:
+        return self.dropout(self.vpt_prompt.expand(batch, -1, -1))
 
 
-class InsertPrompts:
-    """Forward hook on `norm_pre`: [prefix; P₁; patches]."""
+class PromptInsert(_Prompts):
+    """After `base` (the module whose output enters the first block): [prefix; P₁; patches]."""
 
-    def __init__(self, model: nn.Module):
-        self.model = model
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.base(x)
+        if not self.active:
+            return x
+        k = self.num_prefix
+        return torch.cat([x[:, :k], self.prompts(x.shape[0]), x[:, k:]], dim=1)
 
-    def __call__(self, module: nn.Module, args: tuple, x: torch.Tensor) -> torch.Tensor:
-        k = self.model.num_prefix_tokens
-        return torch.cat([x[:, :k], self.model.vpt.get(0, x.shape[0]), x[:, k:]], dim=1)
+
+class PromptReplace(_Prompts):
+    """Before `base` (block i): the prompt positions get Pᵢ."""
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if self.active:
+            k, p = self.num_prefix, self.vpt_prompt.shape[0]
+            x = torch.cat([x[:, :k], self.prompts(x.shape[0]), x[:, k + p:]], dim=1)
+        return self.base(x, *args, **kwargs)
 
 
-class ReplacePrompts:
-    """Forward pre-hook on block i: the prompt positions get Pᵢ₊₁."""
+def prompt_init_bound(model: VisionTransformer) -> float:
+    """VPT's U(−v, v) bound: v = √(6 / (3·patch_h·patch_w + D))."""
+    patch = model.patch_embed.patch_size
+    return math.sqrt(6.0 / (3 * patch[0] * patch[1] + model.embed_dim))
 
-    def __init__(self, model: nn.Module, index: int):
-        self.model, self.index = model, index
 
-    def __call__(self, module: nn.Module, args: tuple) -> tuple:
-        x, *rest = args
-        k, bank = self.model.num_prefix_tokens, self.model.vpt
-        prompts = bank.get(self.index, x.shape[0])
-        return (torch.cat([x[:, :k], prompts, x[:, k + prompts.shape[1]:]], dim=1), *rest)
+def require_cls_vit(model: nn.Module, method: str) -> None:
+    """Prompts need a timm ViT whose head reads the CLS token (prompt outputs are discarded)."""
+    if not isinstance(model, VisionTransformer) or model.cls_token is None:
+        raise MethodError(f"{method} needs a timm VisionTransformer with a CLS token, not {type(model).__name__}")
+    if model.global_pool != "token":
+        raise MethodError(f"{method} reads the CLS token; this model pools with '{model.global_pool}', which would "
+                          f"mix the prompts in (set backbone.kwargs.global_pool=token)")
+
+
+def insert_prompts(model: VisionTransformer, length: int, deep: bool, dropout: float) -> None:
+    """VPT's prompts: P₁ after the prefix tokens, and with `deep` a fresh set before every later block."""
+    bound, dim, like = prompt_init_bound(model), model.embed_dim, model.cls_token
+    model.norm_pre = PromptInsert(model.norm_pre, length, dim, bound, dropout, model.num_prefix_tokens, like)
+    if deep:
+        for i in range(1, len(model.blocks)):
+            model.blocks[i] = PromptReplace(model.blocks[i], length, dim, bound, dropout, model.num_prefix_tokens,
+                                            like)
 
 
 @register_method
@@ -66,32 +98,25 @@ class VPT(Method):
     """Args:
     mode: "shallow" or "deep".
     prompt_length: p, the number of prompt tokens (per block in deep mode).
-    dropout: on the prompts (VPT: 0.1 for deep runs).
+    dropout: on the prompts, one mask per sample (VPT: 0.1 for deep runs).
     """
 
     name = "vpt"
+    prefix = "vpt_"
 
     def __init__(self, mode: str = "deep", prompt_length: int = 10, dropout: float = 0.1):
-        if mode not in MODES:
-            raise MethodError(f"method.mode={mode} is not a VPT mode; choose shallow or deep")
-        self.mode, self.prompt_length, self.dropout = mode, prompt_length, dropout
+        self.mode = choice("mode", mode, MODES)
+        if prompt_length < 1:
+            raise MethodError(f"method.prompt_length={prompt_length} must be at least 1")
+        if not 0.0 <= dropout < 1.0:
+            raise MethodError(f"method.dropout={dropout} must be in [0, 1)")
+        self.prompt_length, self.dropout = prompt_length, dropout
 
     @property
     def label(self) -> str:
         return f"vpt_{self.mode}"
 
-    def attach(self, model: nn.Module) -> None:
-        if not isinstance(model, VisionTransformer) or model.cls_token is None:
-            raise MethodError(f"vpt needs a timm VisionTransformer with a CLS token, not {type(model).__name__}")
-        if model.global_pool != "token":
-            raise MethodError(f"vpt reads the CLS token; this model pools with '{model.global_pool}', which would "
-                              f"mix the prompts in (set backbone.kwargs.global_pool=token)")
+    def attach(self, model: nn.Module, plan: dict | None = None) -> None:
+        require_cls_vit(model, "vpt")
         freeze_backbone(model)
-        patch = model.patch_embed.patch_size
-        bound = math.sqrt(6.0 / (3 * patch[0] * patch[1] + model.embed_dim))
-        sets = len(model.blocks) if self.mode == "deep" else 1
-        ref = model.cls_token
-        model.vpt = PromptBank(sets, self.prompt_length, model.embed_dim, bound, self.dropout, ref.device, ref.dtype)
-        model.norm_pre.register_forward_hook(InsertPrompts(model))
-        for i in range(1, sets):
-            model.blocks[i].register_forward_pre_hook(ReplacePrompts(model, i))
+        insert_prompts(model, self.prompt_length, self.mode == "deep", self.dropout)

@@ -42,6 +42,9 @@ def build_backbone(backbone: DictConfig, num_classes: int, drop_path: float = 0.
     kwargs.update(num_classes=num_classes, drop_path_rate=drop_path)
 
     checkpoint = Path(backbone.checkpoint).expanduser() if backbone.checkpoint else None
+    if load_weights and checkpoint is None and backbone.get("requires_checkpoint"):
+        raise UserError(f"backbone {backbone.name} has no hub weights; pass backbone.checkpoint=/path/to/weights "
+                        f"(see conf/backbone/{backbone.name}.yaml)")
     if not load_weights or (checkpoint is None and not backbone.pretrained):
         return timm.create_model(name, pretrained=False, **kwargs)
 

@@ -20,6 +20,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from data.fewshot import fewshot_set
 from data.fgvc import fgvc_set
+from data.task import normalisation
 from data.vtab import vtab_task
 from methods import create_method
 
@@ -38,6 +39,7 @@ class RunSchema:
     batch_size: int = MISSING
     eval_batch_size: int = MISSING
     eval_every: int = MISSING
+    flops_images: int = MISSING
     label_smoothing: float = MISSING
     grad_clip: float | None = MISSING
     drop_path: float = MISSING
@@ -55,6 +57,9 @@ class RunSchema:
     optimizer: Any = MISSING
     scheduler: Any = MISSING
     logger: Any = MISSING
+    memory: Any = None  # techniques (methods/techniques/): an empty group option is none
+    quant: Any = None
+    init: Any = None
     recipe: Any = None  # per-task values of an experiment (conf/experiment/), read by interpolation
 
 
@@ -63,9 +68,11 @@ def _run_leaf(protocol: str, seed: int) -> str:
     return f"seed{seed}" if protocol == "final" else f"{protocol}-seed{seed}"
 
 
-def _method_label(method: DictConfig) -> str:
-    """The label of the configured method (vpt_deep, lora_qv, …): a run directory's method level."""
-    return create_method(**OmegaConf.to_container(method, resolve=True)).label
+def _method_label(method: DictConfig, *techniques: DictConfig | None) -> str:
+    """The label of the configured method and techniques (vpt_deep, lora_qv, adaptformer+1bit, …): a run
+    directory's method level. Techniques are not built here (one may read another run); their yaml has `label`."""
+    labels = [create_method(**OmegaConf.to_container(method, resolve=True)).label]
+    return "+".join(labels + [t.label for t in techniques if t])
 
 
 def register() -> None:
@@ -77,6 +84,9 @@ def register() -> None:
     OmegaConf.register_new_resolver("vtab", lambda name, key: getattr(vtab_task(name), key), replace=True)
     OmegaConf.register_new_resolver("fgvc", lambda name, key: getattr(fgvc_set(name), key), replace=True)
     OmegaConf.register_new_resolver("fewshot", lambda name, key: getattr(fewshot_set(name), key), replace=True)
+    # named input normalisations (imagenet, inception, none): ${normalisation:imagenet,mean}
+    OmegaConf.register_new_resolver("normalisation", lambda name, key: list(getattr(normalisation(name), key)),
+                                    replace=True)
 
 
 register()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import platform
 import resource
 import subprocess
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from importlib import metadata
 
@@ -39,20 +40,36 @@ def count_params(model: nn.Module) -> ParamCounts:
     return ParamCounts(with_head - in_head, with_head, sum(p.numel() for p in model.parameters()))
 
 
-def gmacs_per_image(model: nn.Module, image_size: int, device: torch.device | str = "cpu") -> float:
-    """Multiply-accumulates of one forward pass, in G — the papers' (fvcore's) "GFLOPs".
+def gmacs_per_image(model: nn.Module, batches: Iterable[torch.Tensor]) -> tuple[float, int]:
+    """Multiply-accumulates per image, in G — the papers' (fvcore's) "GFLOPs" — averaged over `batches`.
 
-    torch's FlopCounterMode counts 2 FLOPs per multiply-add (ViT-B/16 at 224²: 35.13 G), so this is
-    half its total (17.56 G). Works on the meta device, so no weights are needed. Runs with autograd on
-    (one image): FlopCounterMode's module tracker rejects views of parameters made under no_grad.
+    The model runs as given (pass it merged where the method merges) in eval mode on real images, so compute
+    that depends on the image (a token dispatcher) is counted as it happens; returns (mean, images counted).
+    torch's FlopCounterMode counts 2 FLOPs per multiply-add (ViT-B/16 at 224²: 35.13 G), so this is half its
+    total per image (17.56 G).
     """
     was_training = model.training
-    model.eval()
-    x = torch.zeros(1, 3, image_size, image_size, device=device)
-    with FlopCounterMode(display=False) as counter:
-        model(x)
-    model.train(was_training)
-    return counter.get_total_flops() / 2e9
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    model.eval().requires_grad_(False)  # FlopCounterMode's module tracker rejects no-grad views of trainable tensors
+    images = 0
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            for x in batches:
+                model(x)
+                images += len(x)
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
+        model.train(was_training)
+    if not images:
+        raise ValueError("no images to count FLOPs on")
+    return counter.get_total_flops() / 2e9 / images, images
+
+
+def gmacs_at_size(model: nn.Module, image_size: int, device: torch.device | str = "meta") -> float:
+    """`gmacs_per_image` of one blank image (on the meta device no weights are needed): the planning count for
+    a model whose compute does not depend on the image."""
+    return gmacs_per_image(model, [torch.zeros(1, 3, image_size, image_size, device=device)])[0]
 
 
 def reset_peak_memory(device: torch.device) -> None:

@@ -1,6 +1,8 @@
 """The training loop: per-iteration schedule, bf16 autocast on CUDA, checkpoint every epoch, resume.
 
-No per-step host synchronisation: losses accumulate on the device and are read once per epoch.
+No per-step host synchronisation: losses and logged values accumulate on the device and are read once per
+epoch. The method's and techniques' hooks see every step (`extra_loss`) and every epoch (`on_epoch_end`,
+which may restart the optimizer and schedule).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import logging
 import random
 import sys
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +28,8 @@ from torch import nn
 
 from data.loader import DeviceLoader
 from data.task import Task
-from methods.base import Method
+from methods.base import EpochContext, StepContext
+from methods.techniques import Adaptation
 from runners.errors import UserError
 from runners.io import save_torch
 from runners.loggers import NullLogger
@@ -44,23 +48,35 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def _rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+    """Every RNG's state as tensors and plain values, so the checkpoint loads with `weights_only=True`."""
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": [version, torch.tensor(mt, dtype=torch.int64), gauss],
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+            "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
 def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt.tolist()), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def task_loss(label_smoothing: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Cross-entropy on float32 logits, with the run's label smoothing."""
+    return lambda logits, y: F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+
+
 @dataclass
 class FitResult:
-    top1: float
     train_seconds: float
     train_images: int
+    steps: int
     curve: list[dict] = field(default_factory=list)  # intermediate evaluations (eval_every)
 
     @property
@@ -68,25 +84,55 @@ class FitResult:
         return self.train_images / max(self.train_seconds, 1e-9)
 
 
-class Trainer:
-    """Fits `model` (with `method` attached) on `task.train`, then evaluates once on `task.eval`."""
+class _EpochLog:
+    """Device scalars accumulated over an epoch, read once at its end."""
 
-    def __init__(self, cfg: DictConfig, model: nn.Module, method: Method, task: Task, device: torch.device,
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = defaultdict(int)
+
+    def add(self, name: str, value: torch.Tensor) -> None:
+        value = value.detach().float()
+        self.sums[name] = self.sums[name] + value if name in self.sums else value
+        self.counts[name] += 1
+
+    def means(self) -> dict[str, float]:
+        return {f"train/{k}": (v / self.counts[k]).item() for k, v in self.sums.items()}
+
+
+class Trainer:
+    """Fits `model` (adapted by `adaptation`) on `task.train`; `evaluate` scores a model on `task.eval`.
+
+    `on_plan(plan)` is called when a hook restarts training with a new plan (the runner saves it).
+    """
+
+    def __init__(self, cfg: DictConfig, model: nn.Module, adaptation: Adaptation, task: Task, device: torch.device,
                  run_dir: Path, config_hash: str, logger: NullLogger | None = None,
-                 heartbeat: Callable[[], None] | None = None):
-        self.cfg, self.model, self.method, self.task = cfg, model, method, task
+                 heartbeat: Callable[[], None] | None = None, on_plan: Callable[[dict], None] | None = None):
+        self.cfg, self.model, self.adaptation, self.task = cfg, model, adaptation, task
         self.heartbeat = heartbeat or (lambda: None)
+        self.on_plan = on_plan or (lambda plan: None)
         self.device, self.run_dir, self.config_hash = device, Path(run_dir), config_hash
         self.logger = logger or NullLogger()
+        self.loss_fn = task_loss(cfg.label_smoothing)
         mean, std = list(cfg.backbone.mean), list(cfg.backbone.std)
         self.train_loader = DeviceLoader(task.train, cfg.batch_size, device, mean, std, shuffle=True,
                                          drop_last=True, seed=cfg.seed, augment=task.augment)
         self.eval_loader = DeviceLoader(task.eval, cfg.eval_batch_size, device, mean, std)
-        self.optimizer = self._optimizer()
-        self.scheduler = instantiate(cfg.scheduler)(self.optimizer, steps_per_epoch=len(self.train_loader),
-                                                    epochs=cfg.epochs)
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16,
                                        enabled=bool(cfg.amp) and device.type == "cuda")
+        self.schedule_origin = 0  # the step the current optimizer and schedule started at
+        self._build_optimizer(cfg.epochs)
+
+    @property
+    def method_name(self) -> str:
+        return self.adaptation.method.name
+
+    def _build_optimizer(self, epochs: int) -> None:
+        self.optimizer = self._optimizer()
+        self.scheduler = instantiate(self.cfg.scheduler)(self.optimizer, steps_per_epoch=len(self.train_loader),
+                                                         epochs=epochs)
+        self.schedule_epochs = epochs
 
     def _optimizer(self) -> torch.optim.Optimizer:
         factory = instantiate(self.cfg.optimizer)
@@ -98,7 +144,7 @@ class Trainer:
             params = param_groups_weight_decay(self.model, weight_decay, no_weight_decay_list=skip)
             params = [g for g in params if g["params"]]
         if not any(g["params"] for g in params):
-            raise UserError(f"method '{self.method.name}' left no trainable parameter")
+            raise UserError(f"method '{self.method_name}' left no trainable parameter")
         extra = {}
         if self.device.type == "cuda" and "fused" in inspect.signature(factory.func).parameters:
             extra["fused"] = True
@@ -113,7 +159,8 @@ class Trainer:
     def _save_checkpoint(self, epoch: int, step: int, seconds: float, images: int, curve: list) -> None:
         save_torch(self._checkpoint_path(), {
             "epoch": epoch, "step": step, "train_seconds": seconds, "train_images": images, "curve": curve,
-            "trainable": self.method.trainable_state(self.model), "optimizer": self.optimizer.state_dict(),
+            "trainable": self.adaptation.state(self.model), "optimizer": self.optimizer.state_dict(),
+            "schedule": {"origin": self.schedule_origin, "epochs": self.schedule_epochs},
             "rng": _rng_state(), "config_hash": self.config_hash,
         })
 
@@ -121,42 +168,54 @@ class Trainer:
         path = self._checkpoint_path()
         if not path.exists():
             return None
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        state = torch.load(path, map_location=self.device, weights_only=True)
         if state["config_hash"] != self.config_hash:
             raise UserError(f"{path} belongs to a run with another config ({state['config_hash']} vs "
                             f"{self.config_hash}); rerun with force=true to start over, or set run_name=...")
-        missing = set(self.method.trainable_state(self.model)) - set(state["trainable"])
+        missing = set(self.adaptation.state(self.model)) - set(state["trainable"])
         unexpected = self.model.load_state_dict(state["trainable"], strict=False).unexpected_keys
         if missing or unexpected:
             raise UserError(f"{path} does not match this model (missing {sorted(missing)[:3]}, unexpected "
                             f"{unexpected[:3]}); rerun with force=true to start over")
+        self._build_optimizer(state["schedule"]["epochs"])
+        self.schedule_origin = state["schedule"]["origin"]
         self.optimizer.load_state_dict(state["optimizer"])
         _set_rng_state(state["rng"])
         log.info("resumed %s at epoch %d/%d", self.run_dir, state["epoch"], self.cfg.epochs)
         return state
 
-    def _train_epoch(self, epoch: int, step: int, progress: Progress, bar) -> tuple[int, torch.Tensor]:
+    def restart(self, epoch: int, step: int, plan: dict | None = None) -> None:
+        """A fresh optimizer and schedule from `step`, over the epochs after `epoch` (a hook's rewind)."""
+        if plan is not None:
+            self.on_plan(plan)
+        self._build_optimizer(self.cfg.epochs - epoch)
+        self.schedule_origin = step
+        log.info("restarted the optimizer and schedule after epoch %d", epoch)
+
+    def _train_epoch(self, epoch: int, step: int, progress: Progress, bar, epoch_log: _EpochLog) -> int:
         self.model.train()
         self.train_loader.set_epoch(epoch)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        loss_sum = torch.zeros((), device=self.device)
         for x, y in self.train_loader:
-            self.scheduler.step_update(step)
+            self.scheduler.step_update(step - self.schedule_origin)
             with self.autocast:
                 logits = self.model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.label_smoothing)
-            extra = self.method.extra_loss(self.model)
-            if extra is not None:
-                loss = loss + extra
+            loss = self.loss_fn(logits, y)
+            epoch_log.add("loss_task", loss)
+            ctx = StepContext(epoch, step, x, y, logits, self.loss_fn, epoch_log.add)
+            for hook in self.adaptation.hooks:
+                for name, term in hook.extra_loss(self.model, ctx).items():
+                    epoch_log.add(name, term)
+                    loss = loss + term
+            epoch_log.add("loss", loss)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.cfg.grad_clip:
                 nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
             self.optimizer.step()
-            loss_sum += loss.detach()
             step += 1
             progress.advance(bar)
-        return step, loss_sum / max(1, len(self.train_loader))
+        return step
 
     def fit(self) -> FitResult:
         epochs = self.cfg.epochs
@@ -167,43 +226,45 @@ class Trainer:
         per_epoch = self.train_loader.images_per_epoch
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
         with Progress(*columns, disable=not sys.stderr.isatty(), transient=True) as progress:
-            bar = progress.add_task(f"{self.method.name} · {self.task.name}", total=epochs * len(self.train_loader),
+            bar = progress.add_task(f"{self.method_name} · {self.task.name}", total=epochs * len(self.train_loader),
                                     completed=step)
             for epoch in range(start, epochs):
                 self._sync()
                 t0 = time.perf_counter()
-                step, loss = self._train_epoch(epoch, step, progress, bar)
+                epoch_log = _EpochLog()
+                step = self._train_epoch(epoch, step, progress, bar, epoch_log)
                 self._sync()
                 seconds += time.perf_counter() - t0
                 images += per_epoch
-                self.method.on_epoch_end(self.model, epoch)
-                values = {"train/loss": loss.item(), "train/lr": self.optimizer.param_groups[-1]["lr"],
-                          "epoch": epoch + 1}
-                last = epoch + 1 == epochs
-                if self.cfg.eval_every and (epoch + 1) % self.cfg.eval_every == 0 and not last:
+                values = {**epoch_log.means(), "train/lr": self.optimizer.param_groups[-1]["lr"], "epoch": epoch + 1}
+                done = epoch + 1
+                ctx = EpochContext(done, epochs, step, self.optimizer, self.scheduler,
+                                   lambda name, value, _v=values: _v.__setitem__(f"train/{name}", value),
+                                   lambda plan=None, _e=done, _s=step: self.restart(_e, _s, plan))
+                for hook in self.adaptation.hooks:
+                    hook.on_epoch_end(self.model, ctx)
+                if self.cfg.eval_every and done % self.cfg.eval_every == 0 and done != epochs:
                     top1 = self.evaluate()
-                    curve.append({"epoch": epoch + 1, "top1": top1})
+                    curve.append({"epoch": done, "top1": top1})
                     values[f"eval/top1_{self.task.eval.name}"] = top1
                 self.logger.log(values, step=step)
-                progress.update(bar, description=f"{self.method.name} · {self.task.name} · epoch {epoch + 1} "
+                progress.update(bar, description=f"{self.method_name} · {self.task.name} · epoch {done} "
                                                  f"· loss {values['train/loss']:.3f}")
-                self._save_checkpoint(epoch + 1, step, seconds, images, curve)
+                self._save_checkpoint(done, step, seconds, images, curve)
                 self.heartbeat()
-        top1 = self.evaluate()
-        self.logger.log({f"eval/top1_{self.task.eval.name}": top1}, step=step)
-        return FitResult(top1=top1, train_seconds=seconds, train_images=images,
-                         curve=curve + [{"epoch": epochs, "top1": top1}])
+        return FitResult(train_seconds=seconds, train_images=images, steps=step, curve=curve)
 
     @torch.inference_mode()
-    def evaluate(self) -> float:
-        """Top-1 accuracy (%) on the task's evaluation split."""
-        was_training = self.model.training
-        self.model.eval()
+    def evaluate(self, model: nn.Module | None = None) -> float:
+        """Top-1 accuracy (%) of `model` (default: the model being trained) on the task's evaluation split."""
+        model = self.model if model is None else model
+        was_training = model.training
+        model.eval()
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         for x, y in self.eval_loader:
             with self.autocast:
-                correct += (self.model(x).argmax(dim=-1) == y).sum()
-        self.model.train(was_training)
+                correct += (model(x).argmax(dim=-1) == y).sum()
+        model.train(was_training)
         return 100.0 * correct.item() / len(self.task.eval)
 
     def remove_checkpoint(self) -> None:

@@ -31,7 +31,7 @@ from data.loader import DeviceLoader
 from methods import create_method
 from runners import compose, run
 from runners.backbone import build_backbone, resolve_device
-from runners.report import count_params, gmacs_per_image, peak_memory
+from runners.report import count_params, gmacs_at_size, peak_memory
 
 
 def bare_loop(cfg, device: torch.device, epochs: int) -> float:
@@ -86,7 +86,7 @@ def bench_runner(args: argparse.Namespace) -> None:
     with torch.device("meta"):
         model = build_backbone(cfg.backbone, 10, load_weights=False)
         create_method(args.method).attach(model)
-    gmacs = gmacs_per_image(model, cfg.backbone.image_size, "meta")
+    gmacs = gmacs_at_size(model, cfg.backbone.image_size, "meta")
     trainable = count_params(model).trainable_with_head
     print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}, "
           f"{torch.get_num_threads()} threads)")

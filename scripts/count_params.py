@@ -4,7 +4,7 @@
 
 Takes any override `train.py` takes; builds the model on the meta device and prints one `name: value`
 per line: trainable_without_head, trainable_with_head, total (exact integers) and gmacs_per_image
-(the papers' GFLOPs: one multiply-add = one FLOP).
+(the papers' GFLOPs: one multiply-add = one FLOP) of one blank image, merged where the method merges.
 """
 
 from __future__ import annotations
@@ -13,21 +13,24 @@ import sys
 
 import torch
 
-from methods import create_method
 from runners import compose
 from runners.backbone import build_backbone
 from runners.errors import guard
-from runners.report import count_params, gmacs_per_image
+from runners.report import count_params, gmacs_at_size
+from runners.run import build_adaptation
 
 
 def main() -> None:
     cfg = compose(sys.argv[1:])
+    adaptation = build_adaptation(cfg)
     with torch.device("meta"):
         model = build_backbone(cfg.backbone, int(cfg.dataset.num_classes), load_weights=False)
-        create_method(**cfg.method).attach(model)
+        adaptation.build(model, adaptation.method.nominal_plan(model))
     for name, value in count_params(model).as_dict().items():
         print(f"{name}: {value}")
-    print(f"gmacs_per_image: {gmacs_per_image(model, cfg.backbone.image_size, 'meta'):.4f}")
+    if adaptation.method.mergeable(model):
+        model = adaptation.method.merge(model)
+    print(f"gmacs_per_image: {gmacs_at_size(model, cfg.backbone.image_size, 'meta'):.4f}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """The PEFT figure: mean Top-1 against trainable parameters (log scale), one marker per method.
 
-    python scripts/plot.py runs/vtab [--out plot.png] [--published] [--benchmark vtab|fgvc|fewshot]
+    python scripts/plot.py runs/vtab [--out FILE.png] [--published] [--benchmark vtab|fgvc|fewshot]
+
+The figure goes to `--out`, by default `<folder>/plot.png` (never the current directory).
 
 Ours are filled, published rows hollow in the same colour; VTAB-1k uses the flat 19-task mean. A row is plotted
 only when its mean is complete (every task has a run) and its parameter count is above zero (a log axis).
@@ -9,21 +11,17 @@ only when its mean is complete (every task has a run) and its parameter count is
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as `python scripts/plot.py`: make the `scripts` package importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import matplotlib  # noqa: E402
+import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from runners.errors import UserError, guard  # noqa: E402
-from scripts.make_table import build_results, load_runs, select_benchmark  # noqa: E402
+from runners.results import build_results, load_runs, select_benchmark  # noqa: E402
 
 PARAMS = {"with_head": "ours with head (mean over tasks)", "without_head": "ours without head"}
 
@@ -85,14 +83,15 @@ def plot(folder: str, out: Path, benchmark: str | None = None, published: bool =
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", help="a folder searched recursively for metrics.json files")
-    parser.add_argument("--out", type=Path, default=Path("plot.png"))
+    parser.add_argument("--out", type=Path, default=None, help="the PNG to write (default: <folder>/plot.png)")
     parser.add_argument("--published", action="store_true", help="add the published rows (hollow markers)")
     parser.add_argument("--benchmark", help="vtab, fgvc or fewshot (default: the one benchmark the runs hold)")
     parser.add_argument("--params", choices=tuple(PARAMS), default="with_head",
                         help="our parameter count on the x axis (default with_head: linear probing has 0 without)")
     args = parser.parse_args(argv)
-    skipped = plot(args.folder, args.out, args.benchmark, args.published, args.params)
-    print(f"wrote {args.out}")
+    out = args.out or Path(args.folder).expanduser() / "plot.png"
+    skipped = plot(args.folder, out, args.benchmark, args.published, args.params)
+    print(f"wrote {out}")
     if skipped:
         print(f"left out (incomplete mean or no parameter count above 0): {', '.join(skipped)}")
 

@@ -105,7 +105,5 @@ def test_mocov3_pretraining_checkpoint_needs_and_takes_its_prefix(tmp_path):
 
 
 def test_mocov3_backbone_demands_a_checkpoint():
-    from omegaconf.errors import MissingMandatoryValue
-
-    with pytest.raises(MissingMandatoryValue):
+    with pytest.raises(UserError, match="backbone mocov3_vit_b16 has no hub weights; pass backbone.checkpoint="):
         build_backbone(compose(["backbone=mocov3_vit_b16"]).backbone, num_classes=3)

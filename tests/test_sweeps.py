@@ -16,7 +16,7 @@ import pytest
 from data.vtab import VTAB_TASKS
 from runners.config import PROJECT_ROOT
 from runners.locks import RunLock
-from scripts.make_table import benchmark_spec, build_results, load_runs, main_cells
+from runners.results import benchmark_spec, build_results, load_runs, main_cells
 from tests.conftest import run_cli
 from tests.datasets import make_vtab_task
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from data.vtab import VTAB_TASKS
-from scripts.make_table import (
+from runners.results import (
     benchmark_spec,
     build_results,
     load_published,
@@ -23,7 +23,7 @@ from scripts.make_table import (
 from tests.conftest import run_cli
 
 TASKS = [t.name for t in VTAB_TASKS]
-AUGREG, ORIG = "timm:vit_base_patch16_224.augreg_in21k", "orig_in21k"
+AUGREG, ORIG = "augreg_in21k", "orig_in21k"  # timm pretrained tags
 
 
 def write_run(root: Path, method: str, task: str, seed: int, top1: float, *, benchmark: str = "vtab",
@@ -38,8 +38,9 @@ def write_run(root: Path, method: str, task: str, seed: int, top1: float, *, ben
         "stored_bytes": 800_000, "gmacs_per_image": 17.6, "peak_memory_mib": 9000.0,
         "peak_memory_kind": "cuda_max_allocated", "train_images_per_s": 400.0,
         "provenance": {"data_format": "NOAH vtab-1k list files", "normalisation": {"mean": [0.5] * 3, "std": [0.5] * 3},
-                       "interpolation": "bicubic", "selection": "final epoch", "weights": weights,
-                       "timm_model": "vit_base_patch16_224.augreg_in21k"},
+                       "interpolation": "bicubic", "selection": "final epoch",
+                       "weights": f"timm:vit_base_patch16_224.{weights}",
+                       "timm_model": f"vit_base_patch16_224.{weights}"},
         "config": {"seed": seed, "dataset": {"name": task, "benchmark": benchmark}},
     }
     (folder / "metrics.json").write_text(json.dumps(metrics))
@@ -176,8 +177,12 @@ def test_fgvc_flat_mean(tmp_path):
 def test_method_map_names_published_rows():
     for bench in ("vtab", "fgvc"):
         published = load_published(benchmark_spec(bench))
-        mapped = [e["method"] for e in read_method_map() if e["benchmark"] == bench]
-        assert set(published) == set(mapped)
+        table = read_method_map()
+        assert set(published) == set(table[table["benchmark"] == bench]["method"])
+        for rows in published.values():
+            for pub in rows:  # what the source counted and how it selected are columns, never read from prose
+                assert pub.params_head in ("with", "without", "")
+                assert pub.normalisation in ("imagenet", "0.5/0.5", "none", "")
 
 
 def test_plot_writes_png(vtab, tmp_path):

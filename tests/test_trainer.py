@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from data import DecodeCache, build_task
-from methods import create_method
 from runners.backbone import build_backbone
+from runners.run import build_adaptation
 from runners.schedule import cosine_with_warmup
 from runners.trainer import Trainer
 
@@ -16,9 +16,9 @@ def trainer_for(cfg, tmp_path) -> Trainer:
     task = build_task(cfg.dataset, cfg.protocol, cfg.backbone.image_size, cfg.backbone.interpolation,
                       DecodeCache(cfg.data.cache_dir))
     model = build_backbone(cfg.backbone, task.num_classes)
-    method = create_method(**cfg.method)
-    method.attach(model)
-    return Trainer(cfg, model, method, task, torch.device("cpu"), tmp_path, "test")
+    adaptation = build_adaptation(cfg)
+    adaptation.build(model)
+    return Trainer(cfg, model, adaptation, task, torch.device("cpu"), tmp_path, "test")
 
 
 def test_no_weight_decay_on_ssf_vectors_and_biases(tiny_cfg, tmp_path):

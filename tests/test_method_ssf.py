@@ -1,4 +1,4 @@
-"""SSF: exact counts at ViT-B/16, its init, and the re-parameterised merge."""
+"""SSF: exact counts at ViT-B/16, its insertion points, its init, and the fold on every layer type."""
 
 from __future__ import annotations
 
@@ -13,6 +13,12 @@ from torch import nn
 from methods import create_method
 from methods.layers import ScaleShift, fold_scale_shift
 from runners.report import count_params
+from tests.method_table import MLP, Case, D, L
+
+SSF = L * 2 * (D + 3 * D + D + D + MLP + D) + 2 * D + 2 * D  # 6 per block + patch embed + final norm
+CASES = [
+    Case(("method=ssf",), vit_b16=205_824, tiny=SSF, merges=True, backbones={"swin": "", "convnext": ""}),
+]
 
 
 def tiny_vit(num_classes: int = 10) -> nn.Module:
@@ -64,27 +70,20 @@ def test_init_is_n1_and_n0_with_std_002():
     assert abs(shifts.mean().item()) < 1e-3 and abs(shifts.std().item() - 0.02) < 1e-3
 
 
-def test_merged_logits_equal_unmerged_and_no_ssf_remains():
+def test_merged_model_has_no_ssf_tensor_left_and_differs_from_the_backbone():
     torch.manual_seed(0)
     model = tiny_vit()
     method = create_method("ssf")
     method.attach(model)
     perturb_(model, torch.Generator().manual_seed(1))
-    model.eval()
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
-        before = model(x)
+        before = model.eval()(x)
         merged = method.merge(copy.deepcopy(model))
-        after = merged(x)
     assert not any(isinstance(m, ScaleShift) for m in merged.modules())
     assert not any("ssf" in n for n, _ in merged.named_parameters())
-    assert (before - after).abs().max().item() < 1e-5
-    assert (before - tiny_vit()(x)).abs().max().item() > 1e-2  # the perturbed SSF really changes the output
-
-    plain = tiny_vit()  # the merged model is a plain timm model: same keys, loads strictly
-    plain.load_state_dict(merged.state_dict(), strict=True)
     with torch.no_grad():
-        assert (plain.eval()(x) - before).abs().max().item() < 1e-5
+        assert (before - tiny_vit().eval()(x)).abs().max().item() > 1e-2  # the perturbed SSF really changes it
 
 
 @pytest.mark.parametrize("layer, x", [

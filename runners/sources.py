@@ -1,0 +1,42 @@
+"""Where a technique's initial weights come from: a finished run's task checkpoint, read only when needed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from runners.errors import UserError
+
+TRAINABLE = "trainable.safetensors"
+
+
+def read_task_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors of `<run_dir>/trainable.safetensors` and its metadata (method, label, config hash, plan)."""
+    path = Path(run_dir).expanduser() / TRAINABLE
+    if not path.is_file():
+        raise UserError(f"{path.parent} is not a finished run (no {TRAINABLE}); pass a run folder that has "
+                        f"metrics.json")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except Exception as e:  # a damaged file: name it
+        raise UserError(f"{path} cannot be read ({type(e).__name__}); rerun that run with force=true") from e
+
+
+class FinishedRun:
+    """The task checkpoint of the run in `run_dir` (`init=run init.source.run_dir=...`)."""
+
+    def __init__(self, run_dir: str):
+        self.run_dir = Path(run_dir).expanduser()
+
+    def load(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        tensors, meta = read_task_checkpoint(self.run_dir)
+        return tensors, {**meta, "where": str(self.run_dir)}
+
+
+def plan_of(meta: dict[str, str]) -> dict | None:
+    """The plan stored in a task checkpoint's metadata."""
+    return json.loads(meta["plan"]) if meta.get("plan") else None
