@@ -64,7 +64,8 @@ class EpochContext:
 
     `restart(plan=None)` rebuilds the optimizer (from the parameters trainable now) and the schedule over the
     remaining epochs, and, given a plan, makes it the run's plan (saved, and what a resumed run rebuilds):
-    a rewind to a pruned configuration.
+    a rewind to a pruned configuration. `set_plan(plan)` only records a new plan (e.g. scores computed at the
+    end of training). `data` and `loss_fn` are the run's training split and loss, as `prepare` gets them.
     """
 
     epoch: int
@@ -74,6 +75,9 @@ class EpochContext:
     scheduler: Any
     log: Callable[[str, float], None]
     restart: Callable[..., None]
+    set_plan: Callable[[dict], None]
+    data: DataPass
+    loss_fn: LossFn
 
 
 class Hooks:
@@ -96,6 +100,7 @@ class Method(Hooks):
 
     name: ClassVar[str]
     prefix: ClassVar[str]
+    allocates_from_data: ClassVar[bool] = False  # what trains is decided by `prepare`, with no nominal plan
 
     def attach(self, model: nn.Module, plan: dict | None = None) -> None:
         """Insert the method's modules and set `requires_grad`, in place; with `plan` (from `prepare`), build
@@ -110,6 +115,11 @@ class Method(Hooks):
         """A plan of the size the arguments fix, with placeholder content: for counting parameters and compute
         without data (scripts/count_params.py). None for a method without a data-dependent step."""
         return None
+
+    def report(self, model: nn.Module) -> dict:
+        """Method-specific figures for `metrics.json` (`method_report`): e.g. a budget's nominal and realised
+        counts, the parameters surviving a pruning."""
+        return {}
 
     @property
     def label(self) -> str:

@@ -13,6 +13,7 @@ import torch
 from timm.layers import LayerNorm2d
 from torch import nn
 
+from methods.base import MethodError
 from methods.tuners import Tuner
 
 
@@ -284,3 +285,27 @@ def unwrapped(module: nn.Module) -> nn.Module:
 
 def block_width(block: nn.Module) -> int:
     return output_channels(unwrapped(block.norm2))
+
+
+def vit_blocks(model: nn.Module, method: str) -> list[tuple[str, nn.Module]]:
+    """(name, block) of a timm VisionTransformer's pre-norm `Block`s; a one-line refusal for anything else (the
+    methods that rewrite the block between its attention and MLP halves are defined on that block)."""
+    from timm.models.vision_transformer import Block, VisionTransformer
+
+    if not isinstance(model, VisionTransformer):
+        raise MethodError(f"{method} is defined on a timm VisionTransformer, not {type(model).__name__}")
+    blocks = [(f"blocks.{i}", b) for i, b in enumerate(model.blocks)]
+    if not all(type(unwrapped(b)) is Block for _, b in blocks):
+        raise MethodError(f"{method} needs timm's pre-norm ViT Block in every layer")
+    return blocks
+
+
+def attention_half(block: nn.Module, x: torch.Tensor, **kwargs) -> torch.Tensor:
+    """h = x + DropPath(LayerScale(Attn(LN1 x))): the first residual half of a timm ViT `Block`, from its own
+    submodules (for methods that act on h before the MLP half)."""
+    return x + block.drop_path1(block.ls1(block.attn(block.norm1(x), **kwargs)))
+
+
+def mlp_branch(block: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """DropPath(LayerScale(MLP(LN2 h))): the second residual branch of a timm ViT `Block`."""
+    return block.drop_path2(block.ls2(block.mlp(block.norm2(h))))

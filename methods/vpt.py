@@ -8,6 +8,9 @@ Init: U(−v, v), v = √(6 / (3·patch² + D)) (0.0625 at ViT-B/16).
 Prompt dropout: as VPT's code, the prompts are expanded over the batch first and dropped out after, so every
 sample draws its own mask.
 
+Head (`head_init=vpt`, the default): as VPT's code, Kaiming-normal (fan_out) weight and bias −log((1 − 0.01)/0.01)
+= −4.595, a prior of 0.01 per class; `head_init=timm` keeps timm's head init.
+
 Defaults: 10 prompts and dropout 0.1 (VPT's deep VTAB runs, `demo.ipynb`), not VPT's config defaults (5 tokens,
 dropout 0.0), which no released VTAB command uses; `experiment=vpt_vtab` sets the per-task lengths.
 
@@ -83,6 +86,13 @@ def require_cls_vit(model: nn.Module, method: str) -> None:
                           f"mix the prompts in (set backbone.kwargs.global_pool=token)")
 
 
+@torch.no_grad()
+def init_vpt_head(head: nn.Module) -> None:
+    """VPT's classifier init: Kaiming-normal weight (fan_out, a = 0), bias −log(99) (a 0.01 prior)."""
+    nn.init.kaiming_normal_(head.weight, a=0, mode="fan_out")
+    nn.init.constant_(head.bias, -math.log((1 - 0.01) / 0.01))
+
+
 def insert_prompts(model: VisionTransformer, length: int, deep: bool, dropout: float) -> None:
     """VPT's prompts: P₁ after the prefix tokens, and with `deep` a fresh set before every later block."""
     bound, dim, like = prompt_init_bound(model), model.embed_dim, model.cls_token
@@ -99,13 +109,15 @@ class VPT(Method):
     mode: "shallow" or "deep".
     prompt_length: p, the number of prompt tokens (per block in deep mode).
     dropout: on the prompts, one mask per sample (VPT: 0.1 for deep runs).
+    head_init: vpt (VPT's classifier init) | timm.
     """
 
     name = "vpt"
     prefix = "vpt_"
 
-    def __init__(self, mode: str = "deep", prompt_length: int = 10, dropout: float = 0.1):
+    def __init__(self, mode: str = "deep", prompt_length: int = 10, dropout: float = 0.1, head_init: str = "vpt"):
         self.mode = choice("mode", mode, MODES)
+        self.head_init = choice("head_init", head_init, ("vpt", "timm"))
         if prompt_length < 1:
             raise MethodError(f"method.prompt_length={prompt_length} must be at least 1")
         if not 0.0 <= dropout < 1.0:
@@ -119,4 +131,6 @@ class VPT(Method):
     def attach(self, model: nn.Module, plan: dict | None = None) -> None:
         require_cls_vit(model, "vpt")
         freeze_backbone(model)
+        if self.head_init == "vpt":
+            init_vpt_head(model.get_classifier())
         insert_prompts(model, self.prompt_length, self.mode == "deep", self.dropout)

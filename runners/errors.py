@@ -56,18 +56,33 @@ USER_ERRORS = (UserError, DataError, MethodError, MissingConfigException, Config
                OverrideParseException, MissingMandatoryValue, InterpolationToMissingValueError)
 
 
+OWN_ERRORS = (UserError, DataError, MethodError)
+
+
+def user_cause(exc: BaseException) -> BaseException | None:
+    """The user error behind `exc`: our own raised inside a resolver or a Hydra-built `_target_` (wrapped by
+    OmegaConf or Hydra), else `exc` itself if it is a configuration error; None for anything else."""
+    chain, current = [], exc
+    while current is not None and all(current is not c for c in chain):
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    for kinds in (OWN_ERRORS, USER_ERRORS):
+        found = next((c for c in chain if isinstance(c, kinds)), None)
+        if found is not None:
+            return found
+    return None
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """A user error inside ends the process with one line on stderr and exit code 2."""
     try:
         yield
-    except USER_ERRORS as exc:
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
-    except InstantiationException as exc:  # a user error raised by a `_target_` that Hydra built
-        if not isinstance(exc.__cause__, USER_ERRORS):
+    except (Exception, InstantiationException) as exc:
+        cause = user_cause(exc)
+        if cause is None:
             raise
-        print(f"error: {_one_line(exc.__cause__)}", file=sys.stderr)
+        print(f"error: {_one_line(cause)}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
 
 

@@ -101,7 +101,7 @@ def run(cfg: DictConfig) -> RunOutcome:
 
 def build_adaptation(cfg: DictConfig) -> Adaptation:
     """The configured method and its techniques (each technique group that is not `none`)."""
-    method = create_method(**OmegaConf.to_container(cfg.method, resolve=True))
+    method = create_method(**instantiate(cfg.method, _convert_="all"))  # nested _target_s (a source run) built
     return Adaptation(method, [instantiate(cfg[g]) for g in GROUPS if cfg.get(g)])
 
 
@@ -160,7 +160,7 @@ def _train_and_report(cfg: DictConfig, run_dir: Path, digest: str, lock: RunLock
         write_json(run_dir / PLAN, saved)
     counts = count_params(model)
 
-    def new_plan(plan: dict) -> None:  # a hook restarted training on another configuration
+    def new_plan(plan: dict) -> None:  # a hook set another plan (a rewind, scores at the end of training)
         saved["plan"] = plan
         write_json(run_dir / PLAN, saved)
 
@@ -171,7 +171,7 @@ def _train_and_report(cfg: DictConfig, run_dir: Path, digest: str, lock: RunLock
     try:
         reset_peak_memory(device)
         trainer = Trainer(cfg, model, adaptation, task, device, run_dir, digest, logger, heartbeat=lock.refresh,
-                          on_plan=new_plan)
+                          on_plan=new_plan, data=data)
         fit = trainer.fit()
         deployed, deployed_as = _deployed(model, adaptation)
         top1 = trainer.evaluate(deployed)
@@ -199,6 +199,7 @@ def _train_and_report(cfg: DictConfig, run_dir: Path, digest: str, lock: RunLock
             "top1_curve": curve,
             "top1_best_over_evaluations": max(point["top1"] for point in curve),
             "params": counts.as_dict(),
+            "method_report": adaptation.method.report(model),
             "stored_bytes": trainable.stat().st_size,
             "stored_tensor_bytes": sum(t.numel() * t.element_size() for t in stored.values()),
             "gmacs_per_image": gmacs,

@@ -27,14 +27,21 @@ def read_task_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[s
 
 
 class FinishedRun:
-    """The task checkpoint of the run in `run_dir` (`init=run init.source.run_dir=...`)."""
+    """The task checkpoint of the run in `run_dir` (`init=run init.source.run_dir=...`; E2VPT's search run)."""
 
-    def __init__(self, run_dir: str):
-        self.run_dir = Path(run_dir).expanduser()
+    def __init__(self, run_dir: str | None):
+        self.run_dir = Path(run_dir).expanduser() if run_dir else None
 
     def load(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        if self.run_dir is None:
+            raise UserError("no source run is set; pass its folder (…run_dir=runs/<benchmark>/<task>/…/seed42)")
         tensors, meta = read_task_checkpoint(self.run_dir)
         return tensors, {**meta, "where": str(self.run_dir)}
+
+    def plan(self) -> tuple[dict | None, dict[str, str]]:
+        """The source run's plan and its metadata (method, label, config hash, where)."""
+        _, meta = self.load()
+        return plan_of(meta), meta
 
 
 def plan_of(meta: dict[str, str]) -> dict | None:

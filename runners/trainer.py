@@ -26,9 +26,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from timm.optim import param_groups_weight_decay
 from torch import nn
 
-from data.loader import DeviceLoader
+from data.loader import DeviceLoader, SplitPass
 from data.task import Task
-from methods.base import EpochContext, StepContext
+from methods.base import DataPass, EpochContext, StepContext
 from methods.techniques import Adaptation
 from runners.errors import UserError
 from runners.io import save_torch
@@ -103,12 +103,14 @@ class _EpochLog:
 class Trainer:
     """Fits `model` (adapted by `adaptation`) on `task.train`; `evaluate` scores a model on `task.eval`.
 
-    `on_plan(plan)` is called when a hook restarts training with a new plan (the runner saves it).
+    `on_plan(plan)` is called when a hook sets a new plan (the runner saves it); `data` is the training split as
+    a data pass (for hooks that read it, e.g. an importance pass at the end of training).
     """
 
     def __init__(self, cfg: DictConfig, model: nn.Module, adaptation: Adaptation, task: Task, device: torch.device,
                  run_dir: Path, config_hash: str, logger: NullLogger | None = None,
-                 heartbeat: Callable[[], None] | None = None, on_plan: Callable[[dict], None] | None = None):
+                 heartbeat: Callable[[], None] | None = None, on_plan: Callable[[dict], None] | None = None,
+                 data: DataPass | None = None):
         self.cfg, self.model, self.adaptation, self.task = cfg, model, adaptation, task
         self.heartbeat = heartbeat or (lambda: None)
         self.on_plan = on_plan or (lambda plan: None)
@@ -116,6 +118,7 @@ class Trainer:
         self.logger = logger or NullLogger()
         self.loss_fn = task_loss(cfg.label_smoothing)
         mean, std = list(cfg.backbone.mean), list(cfg.backbone.std)
+        self.data = data or SplitPass(task.train, device, mean, std, task.num_classes)
         self.train_loader = DeviceLoader(task.train, cfg.batch_size, device, mean, std, shuffle=True,
                                          drop_last=True, seed=cfg.seed, augment=task.augment)
         self.eval_loader = DeviceLoader(task.eval, cfg.eval_batch_size, device, mean, std)
@@ -240,7 +243,8 @@ class Trainer:
                 done = epoch + 1
                 ctx = EpochContext(done, epochs, step, self.optimizer, self.scheduler,
                                    lambda name, value, _v=values: _v.__setitem__(f"train/{name}", value),
-                                   lambda plan=None, _e=done, _s=step: self.restart(_e, _s, plan))
+                                   lambda plan=None, _e=done, _s=step: self.restart(_e, _s, plan),
+                                   self.on_plan, self.data, self.loss_fn)
                 for hook in self.adaptation.hooks:
                     hook.on_epoch_end(self.model, ctx)
                 if self.cfg.eval_every and done % self.cfg.eval_every == 0 and done != epochs:

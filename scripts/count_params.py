@@ -4,7 +4,10 @@
 
 Takes any override `train.py` takes; builds the model on the meta device and prints one `name: value`
 per line: trainable_without_head, trainable_with_head, total (exact integers) and gmacs_per_image
-(the papers' GFLOPs: one multiply-add = one FLOP) of one blank image, merged where the method merges.
+(the papers' GFLOPs: one multiply-add = one FLOP) of one blank image, merged where the method merges; then the
+method's own figures (`method_report`: E2VPT's count before pruning, SPT's budget). A method that picks its
+trainable set from the data is built with the plan its arguments fix in size (SCT's K channels per layer); SPT's
+allocation needs the data (`allocated_from_data: true`: its budget is the planned count).
 """
 
 from __future__ import annotations
@@ -23,14 +26,21 @@ from runners.run import build_adaptation
 def main() -> None:
     cfg = compose(sys.argv[1:])
     adaptation = build_adaptation(cfg)
+    method = adaptation.method
     with torch.device("meta"):
         model = build_backbone(cfg.backbone, int(cfg.dataset.num_classes), load_weights=False)
-        adaptation.build(model, adaptation.method.nominal_plan(model))
+        plan = method.nominal_plan(model)
+        adaptation.build(model, plan)
     for name, value in count_params(model).as_dict().items():
         print(f"{name}: {value}")
-    if adaptation.method.mergeable(model):
-        model = adaptation.method.merge(model)
+    report = method.report(model)
+    if method.mergeable(model):
+        model = method.merge(model)
     print(f"gmacs_per_image: {gmacs_at_size(model, cfg.backbone.image_size, 'meta'):.4f}")
+    if method.allocates_from_data:
+        print("allocated_from_data: true")
+    for name, value in report.items():
+        print(f"{name}: {value}")
 
 
 if __name__ == "__main__":

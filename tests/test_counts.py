@@ -67,3 +67,12 @@ def test_count_params_script_needs_no_weights(tmp_path):
     assert lines["trainable_with_head"] == str(205_824 + HEAD_100)
     assert lines["total"] == str(VIT_B16_BACKBONE + HEAD_100 + 205_824)
     assert float(lines["gmacs_per_image"]) == pytest.approx(17.56, abs=0.01)  # merged: SSF costs nothing
+
+
+def test_count_params_builds_data_dependent_methods_at_their_nominal_size(tmp_path):
+    out = run_cli("scripts/count_params.py", "method=sct", "backbone=vit_b16_in21k", "dataset=digits", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "trainable_without_head: 111744" in out.stdout  # 12 · (96² + 96), whatever channels the data picks
+    out = run_cli("scripts/count_params.py", "method=spt", "method.budget=0.4", "backbone=vit_b16_in21k",
+                  "dataset=digits", cwd=tmp_path)
+    assert "allocated_from_data: true" in out.stdout and "budget_m: 0.4" in out.stdout

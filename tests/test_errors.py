@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from methods import list_methods
 from tests.conftest import run_cli
 
 CASES = {
-    "unknown method": (["method=sft"], "unknown method 'sft'; choose one of: adapter, adaptformer, bitfit, full, "
-                                       "linear, lora, ssf, vpt"),
+    "unknown method": (["method=sft"], f"unknown method 'sft'; choose one of: {', '.join(list_methods())}"),
     "unknown dataset": (["dataset=mnist"],
                         "unknown dataset 'mnist'; choose one of: digits, digits_rotation, fewshot/fgvc_aircraft"),
     "unknown backbone": (["backbone=vit_huge"], "unknown backbone 'vit_huge'; choose one of:"),

@@ -12,16 +12,17 @@ from runners import compose
 from runners.config import CONF_DIR
 from runners.errors import _one_line
 
+EXTRA = {"spt_vtab": ["method.budget=0.4"]}  # SPT's per-task budgets are not published (a test below)
 RECIPES = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml") if not p.name.startswith("_"))
 TASKS = {"vtab": [f"vtab/{t.name}" for t in VTAB_TASKS], "fgvc": [f"fgvc/{s.name}" for s in FGVC_SETS]}
-OPEN = {"vpt_vtab": {"dmlab", "eurosat", "sun397"}}  # the only tasks with published lr/wd
+OPEN = {"vpt_vtab": {"dmlab", "eurosat", "sun397"}, "e2vpt_vtab": set()}  # the only tasks with published lr/wd
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_resolves_for_every_task_or_names_the_open_value(recipe):
     benchmark = recipe.rsplit("_", 1)[1]
     for dataset in TASKS[benchmark]:
-        cfg = compose([f"experiment={recipe}", f"dataset={dataset}"])
+        cfg = compose([f"experiment={recipe}", f"dataset={dataset}", *EXTRA.get(recipe, [])])
         task = dataset.split("/")[1]
         if recipe in OPEN and task not in OPEN[recipe]:
             with pytest.raises(InterpolationToMissingValueError) as e:
@@ -60,3 +61,16 @@ def test_baseline_recipes_share_r_noah():
         assert list(cfg.backbone.mean) == [0.485, 0.456, 0.406]
     assert compose(["experiment=adaptformer_vtab"]).method.bottleneck == 8
     assert compose(["experiment=vpt_vtab", "dataset=vtab/sun397"]).method.prompt_length == 5
+
+
+def test_recipe_values_the_papers_did_not_publish_stop_with_one_line():
+    from methods import MethodError
+    from runners.run import build_adaptation
+
+    with pytest.raises(MethodError, match="method.budget is not set"):
+        build_adaptation(compose(["experiment=spt_vtab", "dataset=vtab/dtd"]))
+    cfg = compose(["experiment=sct_vtab", "dataset=vtab/clevr_dist"])
+    assert (cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.label_smoothing) == (0.0018, 0.005, 0.0)
+    assert cfg.weight_decay_1d and cfg.drop_path == 0.1 and cfg.backbone.normalisation == "imagenet"
+    cfg = compose(["experiment=e2vpt_vtab", "dataset=vtab/caltech101"])
+    assert (cfg.method.prompt_tokens, cfg.method.kv_tokens) == (32, 5)
