@@ -218,16 +218,12 @@ class SPTLinear(Tuner):
         y = F.linear(x, weight, bias)
         if not self.slices:
             return y
-        if self.mode == "sequential":
-            pieces, end = [], 0
-            for label, s, e in self.slices:
-                pieces += [y[..., end:s], y[..., s:e] + self.drop_path(self.spt_branches[label](self.dropout(y[..., s:e])))]
-                end = e
-            return torch.cat([*pieces, y[..., end:]], dim=-1)
-        h = self.dropout(x)
+        h = None if self.mode == "sequential" else self.dropout(x)  # q, k, v share the parallel branches' mask
         pieces, end = [], 0
         for label, s, e in self.slices:
-            pieces += [y[..., end:s], y[..., s:e] + self.drop_path(self.spt_branches[label](h))]
+            block = y[..., s:e]
+            branch_input = self.dropout(block) if h is None else h
+            pieces += [y[..., end:s], block + self.drop_path(self.spt_branches[label](branch_input))]
             end = e
         return torch.cat([*pieces, y[..., end:]], dim=-1)
 
@@ -294,8 +290,8 @@ class SPT(Method):
         self.init = choice("init", init, INITS)
         self.norm_entries = choice("norm_entries", norm_entries, NORM_ENTRIES)
         if budget is None:
-            raise MethodError("method.budget is not set: SPT's per-task budgets (0.2 … 1.0 M) were chosen by its authors "
-                              "and not published; pass method.budget=… (e.g. 0.4, or sweep 0.2,0.4,…,1.0)")
+            raise MethodError("method.budget is not set: SPT's per-task budgets (0.2 … 1.0 M) were chosen by its "
+                              "authors and not published; pass method.budget=… (e.g. 0.4, or sweep 0.2,0.4,…,1.0)")
         if budget <= 0:
             raise MethodError(f"method.budget={budget} must be a positive number of M parameters (e.g. 0.4)")
         if rank < 1 or sensitivity_batches < 1 or sensitivity_batch_size < 1:

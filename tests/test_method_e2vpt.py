@@ -13,7 +13,7 @@ from methods import MethodError, create_method
 from methods.e2vpt import KVPromptAttention, PromptedBlocks, candidates
 from runners import run
 from tests.conftest import run_cli
-from tests.method_table import D, L, Case
+from tests.method_table import Case, D, L
 
 H, HEAD_DIM = 4, 16
 VISUAL, KV = L * 10 * D, L * H * 5 * HEAD_DIM
@@ -178,8 +178,8 @@ def test_a_rewind_without_its_search_run_is_one_line(tmp_path, tiny_cfg):
     assert "method.search_run=" in out.stderr
     other = tiny_cfg("method=linear", "epochs=1")
     run(other)
-    out = run_cli("train.py", *common, "method=e2vpt", "method.stage=rewind", f"method.search_run={other.paths.run_dir}",
-                  cwd=tmp_path)
+    out = run_cli("train.py", *common, "method=e2vpt", "method.stage=rewind",
+                  f"method.search_run={other.paths.run_dir}", cwd=tmp_path)
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
     assert "is not a finished e2vpt run with method.stage=search" in out.stderr
 

@@ -11,7 +11,7 @@ import torch
 from methods import MethodError, create_method
 from methods.sct import SCT, SalientChannels
 from runners import run
-from tests.method_table import D, L, Case
+from tests.method_table import Case, D, L
 
 K = D // 8
 NOT_VIT = "sct is defined on a timm VisionTransformer, not"

@@ -99,8 +99,8 @@ def test_sensitivity_is_the_sum_of_squared_batch_gradients():
 
 
 def test_unstructured_deltas_change_only_the_selected_entries():
-    layer = SPTLinear(nn.Linear(4, 6).requires_grad_(False), weight_index=[1, 7, 22], bias_index=[5], slices=[], variant="lora",
-                      mode="parallel", rank=2, init="code")
+    layer = SPTLinear(nn.Linear(4, 6).requires_grad_(False), weight_index=[1, 7, 22], bias_index=[5], slices=[],
+                      variant="lora", mode="parallel", rank=2, init="code")
     before = layer.base.weight.detach().clone()
     optimizer = torch.optim.SGD([p for n, p in layer.named_parameters() if n.startswith("spt_")], lr=1.0)
     layer(torch.randn(3, 4)).square().sum().backward()
