@@ -4,6 +4,7 @@ A method changes a timm model in place: it inserts its modules (`Tuner`s, method
 parameters train. It knows nothing about files, loggers or Hydra. The runner calls, in this order:
 
     attach(model, plan)                  insert modules, set requires_grad; with a saved plan, rebuild exactly
+                                         (a method that wraps the whole model returns the new root)
     prepare(model, data, loss_fn) → plan only when no plan was saved: a data-dependent step that may create or
                                          unfreeze parameters; returns a small JSON-able plan (or None)
     [count params → optimizer → training: extra_loss(model, ctx) every step, on_epoch_end(model, ctx)]
@@ -15,7 +16,7 @@ Techniques (methods/techniques/) follow the same hooks and compose with any meth
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 import torch
@@ -56,6 +57,7 @@ class StepContext:
     logits: torch.Tensor
     loss_fn: LossFn
     log: Callable[[str, torch.Tensor], None]
+    aux: dict = field(default_factory=dict)  # what the method's `training_forward` returned beside the logits
 
 
 @dataclass
@@ -102,10 +104,16 @@ class Method(Hooks):
     prefix: ClassVar[str]
     allocates_from_data: ClassVar[bool] = False  # what trains is decided by `prepare`, with no nominal plan
 
-    def attach(self, model: nn.Module, plan: dict | None = None) -> None:
+    def attach(self, model: nn.Module, plan: dict | None = None) -> nn.Module | None:
         """Insert the method's modules and set `requires_grad`, in place; with `plan` (from `prepare`), build
-        exactly that configuration."""
+        exactly that configuration. A method that changes what the model computes as a whole (a side network)
+        returns the new root, a `Tuner` wrapping `model`; the others return None."""
         raise NotImplementedError
+
+    def training_forward(self, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """The training step's forward: (logits, aux); `aux` reaches `extra_loss` as `ctx.aux` (e.g. the token
+        masks a dispatcher drew, read by a per-call tap)."""
+        return model(x), {}
 
     def prepare(self, model: nn.Module, data: DataPass, loss_fn: LossFn) -> dict | None:
         """Optional data-dependent step after `attach` (channel selection, sensitivity); returns the plan."""

@@ -75,10 +75,12 @@ def merge_tuners(model: nn.Module) -> nn.Module:
 
 
 def detach_tuners(model: nn.Module) -> nn.Module:
-    """Remove every tuner, putting back the module it wrapped (the model as it was before `attach`)."""
+    """Remove every tuner, putting back the module it wrapped (the model as it was before `attach`); a tuner at
+    the root is unwrapped last and its `base` returned."""
     for name, tuner in _deepest_first(model):
-        model.set_submodule(name, tuner.base)
-    return model
+        if name:
+            model.set_submodule(name, tuner.base)
+    return model.base if isinstance(model, Tuner) else model
 
 
 def tuner_state(model: nn.Module) -> dict[str, torch.Tensor]:

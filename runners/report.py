@@ -11,7 +11,7 @@ from importlib import metadata
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from methods.base import head_parameter_ids
 from runners.config import PROJECT_ROOT
@@ -40,6 +40,14 @@ def count_params(model: nn.Module) -> ParamCounts:
     return ParamCounts(with_head - in_head, with_head, sum(p.numel() for p in model.parameters()))
 
 
+def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+# FlopCounterMode knows the CUDA attention kernels but not the CPU flash kernel SDPA dispatches to: count it alike.
+_EXTRA_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops}
+
+
 def gmacs_per_image(model: nn.Module, batches: Iterable[torch.Tensor]) -> tuple[float, int]:
     """Multiply-accumulates per image, in G — the papers' (fvcore's) "GFLOPs" — averaged over `batches`.
 
@@ -53,7 +61,7 @@ def gmacs_per_image(model: nn.Module, batches: Iterable[torch.Tensor]) -> tuple[
     model.eval().requires_grad_(False)  # FlopCounterMode's module tracker rejects no-grad views of trainable tensors
     images = 0
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOPS) as counter:
             for x in batches:
                 model(x)
                 images += len(x)

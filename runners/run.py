@@ -148,8 +148,8 @@ def _train_and_report(cfg: DictConfig, run_dir: Path, digest: str, lock: RunLock
     saved = _read_plan(run_dir, digest)
     data = SplitPass(task.train, device, list(bb.mean), list(bb.std), task.num_classes)
     t0 = time.perf_counter()
-    plan = adaptation.build(model, saved["plan"] if saved else None, None if saved else data,
-                            task_loss(cfg.label_smoothing))
+    model, plan = adaptation.build(model, saved["plan"] if saved else None, None if saved else data,
+                                   task_loss(cfg.label_smoothing))
     prepare_seconds = 0.0 if saved else time.perf_counter() - t0
     resuming = (run_dir / CHECKPOINT).exists()
     if not resuming:
@@ -252,7 +252,7 @@ def load_run(run_dir: str | Path) -> tuple[DictConfig, nn.Module, Adaptation]:
     model = build_backbone(cfg.backbone, metrics["num_classes"])
     adaptation = build_adaptation(cfg)
     stored, meta = read_task_checkpoint(run_dir)
-    adaptation.build(model, plan_of(meta))
+    model, _ = adaptation.build(model, plan_of(meta))
     state = adaptation.restored(model, stored)
     result = model.load_state_dict(state, strict=False)
     if result.unexpected_keys or set(adaptation.state(model)) - set(state):

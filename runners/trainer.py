@@ -202,10 +202,10 @@ class Trainer:
         for x, y in self.train_loader:
             self.scheduler.step_update(step - self.schedule_origin)
             with self.autocast:
-                logits = self.model(x)
+                logits, aux = self.adaptation.method.training_forward(self.model, x)
             loss = self.loss_fn(logits, y)
             epoch_log.add("loss_task", loss)
-            ctx = StepContext(epoch, step, x, y, logits, self.loss_fn, epoch_log.add)
+            ctx = StepContext(epoch, step, x, y, logits, self.loss_fn, epoch_log.add, aux)
             for hook in self.adaptation.hooks:
                 for name, term in hook.extra_loss(self.model, ctx).items():
                     epoch_log.add(name, term)

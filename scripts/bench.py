@@ -3,6 +3,7 @@
     python scripts/bench.py runner                          # CPU: vit_test on digits, SSF
     python scripts/bench.py runner --backbone vit_b16_in21k # GPU: ViT-B/16 at 224², bf16 (random weights)
     python scripts/bench.py data                            # decode-once cache against PIL every epoch
+    python scripts/bench.py dyt                             # DyT's token dispatch against every token, inference
 
 `runner`: training images/s of the runner against a bare timm loop (same model, data, batch, AdamW),
 alternately `--repeats` times each, best of each kept; the ratio runner/bare is the runner's overhead
@@ -31,7 +32,7 @@ from data.loader import DeviceLoader
 from methods import create_method
 from runners import compose, run
 from runners.backbone import build_backbone, resolve_device
-from runners.report import count_params, gmacs_at_size, peak_memory
+from runners.report import count_params, gmacs_at_size, gmacs_per_image, peak_memory
 
 
 def bare_loop(cfg, device: torch.device, epochs: int) -> float:
@@ -213,6 +214,61 @@ def bench_data(args: argparse.Namespace) -> None:
                   f"waiting for the batch")
 
 
+class _KeepAtRate(torch.nn.Module):
+    """A dispatcher keeping each patch token with probability `rate` (what a trained one at that rate gives)."""
+
+    def __init__(self, rate: float, num_prefix: int):
+        super().__init__()
+        self.rate, self.num_prefix = rate, num_prefix
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        mask = (torch.rand(h.shape[0], h.shape[1], 1, device=h.device) < self.rate).to(h.dtype)
+        mask[:, :self.num_prefix] = 1
+        return mask
+
+
+def bench_dyt(args: argparse.Namespace) -> None:
+    """Inference images/s of DyT (the MLP on the gathered kept tokens) against the same model keeping every token."""
+    from methods.dyt import DyT
+
+    device = resolve_device(args.device)
+    cfg = compose([f"backbone={args.backbone}", "backbone.pretrained=false", "backbone.checkpoint=null", "method=dyt"])
+    torch.manual_seed(0)
+    model = build_backbone(cfg.backbone, 100, load_weights=False)
+    method = DyT()
+    method.attach(model)
+    model.to(device).eval()
+    size = cfg.backbone.image_size
+    x = torch.randn(args.batch_size, 3, size, size, device=device)
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    def images_per_s() -> float:
+        best = 0.0
+        with torch.inference_mode(), amp:
+            model(x)  # warm-up
+            for _ in range(args.repeats):
+                _sync(device)
+                t0 = time.perf_counter()
+                for _ in range(args.batches):
+                    model(x)
+                _sync(device)
+                best = max(best, args.batches * args.batch_size / (time.perf_counter() - t0))
+        return best
+
+    with method.complete_model(model):
+        full = images_per_s()
+        full_gmacs = gmacs_per_image(model, [x[:8]])[0]
+    print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}, "
+          f"{torch.get_num_threads()} threads); {args.backbone} at {size}², batch {args.batch_size}")
+    print(f"every token (complete model): {full:8.1f} images/s, {full_gmacs:.2f} GMACs/image")
+    for rate in args.rates:
+        for block in model.blocks:
+            block.dyt_dispatcher = _KeepAtRate(rate, model.num_prefix_tokens)
+        speed, gmacs = images_per_s(), gmacs_per_image(model, [x[:8]])[0]
+        print(f"DyT, r = {rate:.1f}:              {speed:8.1f} images/s, {gmacs:.2f} GMACs/image "
+              f"({speed / full:.2f}x the images/s, {gmacs / full_gmacs:.0%} of the GMACs)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="bench", required=True)
@@ -232,9 +288,16 @@ def main() -> None:
     data.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     data.add_argument("--device", default="auto")
     data.add_argument("--model", default=None, help="a backbone config, e.g. vit_b16_in21k, to time data waits")
+    dyt = sub.add_parser("dyt", help="DyT's token dispatch against the same model keeping every token (inference)")
+    dyt.add_argument("--backbone", default="vit_b16_in21k")
+    dyt.add_argument("--batch-size", type=int, default=32)
+    dyt.add_argument("--batches", type=int, default=3)
+    dyt.add_argument("--repeats", type=int, default=2)
+    dyt.add_argument("--rates", type=float, nargs="+", default=[0.5, 0.7, 0.9])
+    dyt.add_argument("--device", default="auto")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    (bench_runner if args.bench == "runner" else bench_data)(args)
+    {"runner": bench_runner, "data": bench_data, "dyt": bench_dyt}[args.bench](args)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,14 @@ def test_vit_b16_gmacs_in_the_papers_convention():
     assert gmacs_at_size(vit_b16("linear"), 224, "meta") == pytest.approx(17.56, abs=0.01)
 
 
+def test_attention_is_counted_on_real_cpu_tensors_too():
+    """On the CPU, SDPA runs a flash kernel FlopCounterMode does not know by itself: it must still count."""
+    torch.manual_seed(0)
+    model = timm.create_model("vit_base_patch16_224", num_classes=100).eval()
+    measured, _ = gmacs_per_image(model, [torch.randn(1, 3, 224, 224)])
+    assert measured == pytest.approx(gmacs_at_size(vit_b16("linear"), 224, "meta"), rel=1e-6)
+
+
 class SkipOddImages(Tuner):
     """A toy data-dependent method: the wrapped block runs only on the even-numbered images of a batch."""
 

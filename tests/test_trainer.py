@@ -17,7 +17,7 @@ def trainer_for(cfg, tmp_path) -> Trainer:
                       DecodeCache(cfg.data.cache_dir))
     model = build_backbone(cfg.backbone, task.num_classes)
     adaptation = build_adaptation(cfg)
-    adaptation.build(model)
+    model, _ = adaptation.build(model)
     return Trainer(cfg, model, adaptation, task, torch.device("cpu"), tmp_path, "test")
 
 

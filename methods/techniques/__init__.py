@@ -78,15 +78,16 @@ class Adaptation:
         return [self.method, *self.techniques]
 
     def build(self, model: nn.Module, plan: dict | None = None, data: DataPass | None = None,
-              loss_fn: LossFn | None = None) -> dict | None:
+              loss_fn: LossFn | None = None) -> tuple[nn.Module, dict | None]:
         """Attach the method (rebuilding `plan` when given, else running its data-dependent `prepare` on
-        `data`), then apply the techniques; returns the plan."""
-        self.method.attach(model, plan)
+        `data`), then apply the techniques; returns the adapted model (a new root where the method wraps the
+        whole model) and the plan."""
+        model = self.method.attach(model, plan) or model
         if plan is None and data is not None:
             plan = self.method.prepare(model, data, loss_fn)
         for technique in self.techniques:
             technique.apply(model, self.method)
-        return plan
+        return model, plan
 
     def initialise(self, model: nn.Module) -> None:
         for technique in self.techniques:
