@@ -44,7 +44,7 @@ def test_seed_methods_learn_digits_from_the_demo_backbone(method, demo_backbone,
 
 
 @pytest.mark.parametrize("method, extra", [("sct", []), ("spt", SEED_METHODS["spt"][1:]),
-                                           ("e2vpt", ["method.stage=search"])])
+                                           ("e2vpt", ["method.stage=search"]), ("dyt", []), ("hst", [])])
 def test_seed_methods_run_through_train_py(method, extra, tmp_path):
     import json
 
