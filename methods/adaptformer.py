@@ -28,15 +28,16 @@ class AdaptFormer(Method):
     bottleneck: hidden width (`ffn_num`).
     scale: s (`ffn_adapter_scalar`), fixed.
     dropout: after the ReLU.
+    bias: the adapter's Linears have biases (the official code); false for the 1-bit adapters' Bi-AdaptFormer.
     """
 
     name = "adaptformer"
     prefix = "adaptformer"
 
-    def __init__(self, bottleneck: int = 64, scale: float = 0.1, dropout: float = 0.1):
+    def __init__(self, bottleneck: int = 64, scale: float = 0.1, dropout: float = 0.1, bias: bool = True):
         if bottleneck < 1:
             raise MethodError(f"method.bottleneck={bottleneck} must be at least 1")
-        self.bottleneck, self.scale, self.dropout = bottleneck, scale, dropout
+        self.bottleneck, self.scale, self.dropout, self.bias = bottleneck, scale, dropout, bias
 
     def attach(self, model: nn.Module, plan: dict | None = None) -> None:
         freeze_backbone(model)
@@ -46,6 +47,6 @@ class AdaptFormer(Method):
                               f"has none")
         for name, block in blocks:
             ref = block.norm2.weight
-            adapter = Bottleneck(block_width(block), self.bottleneck, "relu", self.dropout, self.scale, init="lora",
-                                 device=ref.device, dtype=ref.dtype)
+            adapter = Bottleneck(block_width(block), self.bottleneck, "relu", self.dropout, self.scale, self.bias,
+                                 init="lora", device=ref.device, dtype=ref.dtype)
             model.set_submodule(name, ParallelAdapter(block, adapter, tap="norm2", prefix=self.prefix))

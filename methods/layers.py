@@ -103,14 +103,16 @@ class LoRALinear(Tuner):
         y = W x + b,   y[s:e] += scale · B_k A_k dropout(x)   for each slice k = (s, e)
 
     One slice over the whole output adapts a fused qkv as a whole (NOAH's "LoRA (8)"); the slices
-    (0, D) and (2D, 3D) adapt q and v separately (the original LoRA set-up).
+    (0, D) and (2D, 3D) adapt q and v separately (the original LoRA set-up). A_k and B_k are bias-free Linears
+    (`lora_A.k`, `lora_B.k`), so techniques that act on Linears (activation compression, quantisation) see them.
 
     Args:
         base: the frozen Linear.
         rank: r, the inner dimension of every B_k A_k.
         slices: output row ranges to adapt; None = all rows.
         scale: s (α / r in the LoRA paper; 1 in NOAH).
-        dropout: on the LoRA input only.
+        dropout: on the LoRA input (`dropout_at="input"`, NOAH and peft) or between A and B (`"hidden"`, the 1-bit
+            adapters' Bi-LoRA).
         init: "paper" — A Kaiming-uniform (a=√5), B = 0, so the layer starts as `base`;
               "noah" — A and B trunc-normal std 0.02, as NOAH's model re-initialises them after building.
     """
@@ -118,22 +120,22 @@ class LoRALinear(Tuner):
     mergeable = True
 
     def __init__(self, base: nn.Linear, rank: int, slices: list[tuple[int, int]] | None = None, scale: float = 1.0,
-                 dropout: float = 0.0, init: str = "paper"):
+                 dropout: float = 0.0, init: str = "paper", dropout_at: str = "input"):
         super().__init__(base)
         self.slices = sorted(tuple(s) for s in slices) if slices else [(0, base.out_features)]
-        self.scale = scale
+        self.scale, self.dropout_at = scale, dropout_at
         self.dropout = nn.Dropout(dropout)
         ref = base.weight
         like = {"device": ref.device, "dtype": ref.dtype}
-        self.lora_A = nn.ParameterList([nn.Parameter(torch.empty(rank, base.in_features, **like)) for _ in self.slices])
-        self.lora_B = nn.ParameterList([nn.Parameter(torch.empty(e - s, rank, **like)) for s, e in self.slices])
+        self.lora_A = nn.ModuleList([nn.Linear(base.in_features, rank, bias=False, **like) for _ in self.slices])
+        self.lora_B = nn.ModuleList([nn.Linear(rank, e - s, bias=False, **like) for s, e in self.slices])
         for a, b in zip(self.lora_A, self.lora_B, strict=True):
             if init == "paper":
-                nn.init.kaiming_uniform_(a, a=5**0.5)
-                nn.init.zeros_(b)
+                nn.init.kaiming_uniform_(a.weight, a=5**0.5)
+                nn.init.zeros_(b.weight)
             elif init == "noah":
-                nn.init.trunc_normal_(a, std=0.02)
-                nn.init.trunc_normal_(b, std=0.02)
+                nn.init.trunc_normal_(a.weight, std=0.02)
+                nn.init.trunc_normal_(b.weight, std=0.02)
             else:
                 raise ValueError(f"unknown LoRA init '{init}'; choose paper or noah")
 
@@ -141,8 +143,11 @@ class LoRALinear(Tuner):
         y = self.base(x)
         if not self.active:
             return y
-        h = self.dropout(x)
-        deltas = [self.scale * ((h @ a.t()) @ b.t()) for a, b in zip(self.lora_A, self.lora_B, strict=True)]
+        if self.dropout_at == "input":
+            h = self.dropout(x)
+            deltas = [self.scale * b(a(h)) for a, b in zip(self.lora_A, self.lora_B, strict=True)]
+        else:
+            deltas = [self.scale * b(self.dropout(a(x))) for a, b in zip(self.lora_A, self.lora_B, strict=True)]
         if self.slices == [(0, y.shape[-1])]:  # the fused qkv as a whole
             return y + deltas[0]
         pieces, end = [], 0
@@ -159,7 +164,7 @@ class LoRALinear(Tuner):
         """scale · B A placed in the output rows it adapts (the same shape as the base weight)."""
         delta = torch.zeros_like(self.base.weight)
         for (s, e), a, b in zip(self.slices, self.lora_A, self.lora_B, strict=True):
-            delta[s:e] += self.scale * (b @ a)
+            delta[s:e] += self.scale * (b.weight @ a.weight)
         return delta
 
     @torch.no_grad()

@@ -247,7 +247,7 @@ class Row:
 
 
 def method_order() -> list[str]:
-    """vpeft methods in the order `methods.csv` lists them (the published tables' order)."""
+    """vpeft method labels and recipe run names in the order `methods.csv` lists them (the published order)."""
     return list(dict.fromkeys(read_method_map()["method"]))
 
 
@@ -263,7 +263,8 @@ def aggregate(runs: pd.DataFrame, bench: Benchmark) -> tuple[list[Row], pd.DataF
                         f"another run_name or move it out of the folder")
     order = {m: i for i, m in enumerate(method_order())}
     rows = [Row(*key, group) for key, group in runs.groupby(["run_name", "backbone", "protocol"], sort=False)]
-    rows.sort(key=lambda r: (order.get(r.method, len(order)), r.run_name, r.backbone, r.protocol))
+    rows.sort(key=lambda r: (order.get(r.run_name, order.get(r.method, len(order))), r.run_name, r.backbone,
+                             r.protocol))
     return rows, ignored
 
 
@@ -404,7 +405,7 @@ def build_results(runs: pd.DataFrame, bench: Benchmark, published: bool = False)
         notes.append(f"{ours.label}: method {row.method}, backbone {row.backbone}, "
                      f"weights {row.tags('weights_label')}, normalisation {row.tags('normalisation')}, "
                      f"selection {row.tags('selection')}, data {row.tags('data_format')}, protocol {row.protocol}.")
-        for pub in catalogue.get(row.method, []):
+        for pub in catalogue.get(row.run_name) or catalogue.get(row.method, []):  # a recipe's run name, or the label
             ref = refs.setdefault(pub.method, len(refs) + 1)
             pub_means = pub.means(bench)
             pub_values = {t: Stat(pub.cells.get(t)) for t in bench.tasks}

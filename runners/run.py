@@ -121,8 +121,8 @@ def _read_plan(run_dir: Path, digest: str) -> dict | None:
 
 def _deployed(model: nn.Module, adaptation: Adaptation) -> tuple[nn.Module, str]:
     """The model as it is evaluated and deployed: merged into a plain timm model where the method merges."""
-    if adaptation.method.mergeable(model):
-        return adaptation.method.merge(copy.deepcopy(model)), "merged"
+    if adaptation.mergeable(model):
+        return adaptation.merge(copy.deepcopy(model)), "merged"
     return model, "as trained"
 
 

@@ -34,8 +34,8 @@ def main() -> None:
     for name, value in count_params(model).as_dict().items():
         print(f"{name}: {value}")
     report = method.report(model)
-    if method.mergeable(model):
-        model = method.merge(model)
+    if adaptation.mergeable(model):
+        model = adaptation.merge(model)
     try:
         print(f"gmacs_per_image: {gmacs_at_size(model, cfg.backbone.image_size, 'meta'):.4f}")
     except (NotImplementedError, RuntimeError):  # compute that depends on the image cannot run on the meta device

@@ -29,7 +29,7 @@ def export(run_dir: str | Path, out: str | Path | None = None) -> Path:
     out = Path(out) if out else Path(run_dir) / "export"
     peft = method.to_peft(model) if importlib.util.find_spec("peft") is not None else None
     # without a peft form, merge: a method that cannot says why, in one line
-    merged = method.merge(model) if peft is None or method.mergeable(model) else None
+    merged = adaptation.merge(model) if peft is None or adaptation.mergeable(model) else None
     if peft is not None:
         from peft import LoraConfig
 

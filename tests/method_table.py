@@ -1,7 +1,8 @@
 """The table of method cases that `test_method_table.py` runs through the shared checks.
 
-Each method's own test file (`tests/test_method_<name>.py`) declares its rows as `CASES`; they are collected
-here, so adding a method is a row in its own test file, never an edit of a shared list.
+Each method's own test file (`tests/test_method_<name>.py`, and each technique's `tests/test_technique_<name>.py`
+for its combinations) declares its rows as `CASES`; they are collected here, so adding a method is a row in its
+own test file, never an edit of a shared list.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ class Case:
 
 def collect() -> list[Case]:
     cases: list[Case] = []
-    for path in sorted(Path(__file__).parent.glob("test_method_*.py")):
+    paths = [*Path(__file__).parent.glob("test_method_*.py"), *Path(__file__).parent.glob("test_technique_*.py")]
+    for path in sorted(paths):
         if path.stem != "test_method_table":
             cases += importlib.import_module(f"tests.{path.stem}").CASES
     return cases

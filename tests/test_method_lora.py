@@ -24,7 +24,7 @@ def test_lora_qv_adapts_only_q_and_v_rows():
     lora = LoRALinear(layer, rank=2, slices=[(0, 4), (8, 12)], scale=0.5)
     with torch.no_grad():
         for b in lora.lora_B:
-            b.fill_(1.0)
+            b.weight.fill_(1.0)
     delta = lora.delta_weight()
     assert delta[0:4].any() and not delta[4:8].any() and delta[8:12].any()
     x = torch.randn(5, 4)

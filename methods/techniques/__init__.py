@@ -44,12 +44,17 @@ class Technique(Hooks):
         """What `metrics.json` records about this technique (read when the run starts)."""
         return {"label": self.label}
 
+    def finalise(self, model: nn.Module) -> None:  # noqa: B027 - optional hook
+        """Turn the model into its deployed form before the method merges (e.g. bake quantised weights in)."""
+
     def stored(self, model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The task checkpoint's tensors from the training state (e.g. packed bits instead of latent weights)."""
         return state
 
-    def restored(self, model: nn.Module, stored: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The inverse of `stored` on a rebuilt model: the state to load into it."""
+    def restored(self, model: nn.Module, stored: dict[str, torch.Tensor], training: bool = False
+                 ) -> dict[str, torch.Tensor]:
+        """The inverse of `stored`: the state to load into a rebuilt model (which it may turn into its deployed form,
+        e.g. dequantised weights), or, with `training`, the training state to start from (init=run)."""
         return stored
 
 
@@ -104,13 +109,25 @@ class Adaptation:
             state = technique.stored(model, state)
         return state
 
-    def restored(self, model: nn.Module, stored: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def restored(self, model: nn.Module, stored: dict[str, torch.Tensor], training: bool = False
+                 ) -> dict[str, torch.Tensor]:
         for technique in reversed(self.techniques):
-            stored = technique.restored(model, stored)
+            stored = technique.restored(model, stored, training)
         return stored
 
     def provenance(self) -> dict:
         return {t.group: t.provenance() for t in self.techniques}
+
+    def mergeable(self, model: nn.Module) -> bool:
+        return self.method.mergeable(model)
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        """The deployed model: each technique's final form, then the method folded into the backbone."""
+        if not self.mergeable(model):
+            return self.method.merge(model)  # the method's one-line reason
+        for technique in self.techniques:
+            technique.finalise(model)
+        return self.method.merge(model)
 
 
 __all__ = ["GROUPS", "Adaptation", "Technique"]

@@ -46,7 +46,7 @@ class FromRun(Technique):
         if meta.get("method") != method.name:
             raise MethodError(f"init: {meta.get('where', 'the source run')} is a run of method "
                               f"'{meta.get('method')}', not '{method.name}'; start from a run of the same method")
-        source = adaptation.restored(model, stored)
+        source = adaptation.restored(model, stored, training=True)
         head = head_state_keys(model)
         targets = {k: v for k, v in adaptation.state(model).items() if self.include_head or k not in head}
         for key, target in targets.items():
