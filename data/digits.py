@@ -4,6 +4,10 @@
 train800val200 (the same 1,000 images) and test (the other 797), then resized once to the backbone's
 input size and replicated to three channels. No download, no files.
 
+`classes` keeps a subset of the digits (labels renumbered 0..k−1 in that order) and `shots` keeps k training
+images per class (drawn with `fewshot_seed`): `dataset=digits_source` (digits 0–4) and `dataset=digits_target`
+(digits 5–9, few-shot) are the upstream and downstream tasks of a PVP-style experiment.
+
 `DigitsRotationSource` is the self-supervised source task the demo pre-trains its tiny backbone on
 (rotation prediction, Gidaris et al., ICLR 2018): the train800 images, each rotated by 0/90/180/270°,
 labelled by the rotation. It never sees a digit label, val200 or test.
@@ -47,12 +51,28 @@ def _digits() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class DigitsSource:
-    """sklearn digits in the VTAB-1k split layout."""
+    """sklearn digits in the VTAB-1k split layout.
+
+    Args:
+        classes: the digits kept (None: all ten), renumbered 0..k−1 in this order.
+        shots: training images kept per class (None: all), drawn with `fewshot_seed`.
+    """
 
     data_format = "sklearn-digits (8x8 uint8, in memory)"
 
+    def __init__(self, classes: list[int] | None = None, shots: int | None = None, fewshot_seed: int = 0):
+        if classes is not None and (not classes or len(set(classes)) != len(classes)
+                                    or not set(classes) <= set(range(10))):
+            raise DataError(f"dataset.classes={classes} must be distinct digits 0-9")
+        if shots is not None and shots < 1:
+            raise DataError(f"dataset.shots={shots} must be at least 1")
+        self.classes, self.shots, self.fewshot_seed = classes, shots, fewshot_seed
+        self.training = set()
+
     def splits(self, protocol: str) -> tuple[str, str]:
-        return VTAB_PROTOCOL_SPLITS[protocol]
+        train, evaluation = VTAB_PROTOCOL_SPLITS[protocol]
+        self.training.add(train)
+        return train, evaluation
 
     def load(self, split: str, geometry: Geometry, cache: DecodeCache | None = None) -> Split:
         """The split resized in memory (8×8 sources need no cache; a crop of them would be meaningless)."""
@@ -60,7 +80,17 @@ class DigitsSource:
             raise DataError(f"digits has no split '{split}'; it has {', '.join(_SLICES)}")
         images, labels = _digits()
         part = _SLICES[split]
-        return Split(split, resize_uint8(images[part], geometry.size, geometry.interpolation), labels[part])
+        images, labels = images[part], labels[part]
+        if self.classes is not None:
+            keep = torch.isin(labels, torch.tensor(self.classes))
+            images, labels = images[keep], labels[keep]
+            labels = torch.tensor([self.classes.index(int(y)) for y in labels])
+        if self.shots is not None and split in self.training:
+            g = torch.Generator().manual_seed(self.fewshot_seed)
+            order = torch.randperm(len(labels), generator=g)
+            chosen = torch.cat([order[labels[order] == c][:self.shots] for c in labels.unique()]).sort().values
+            images, labels = images[chosen], labels[chosen]
+        return Split(split, resize_uint8(images, geometry.size, geometry.interpolation), labels)
 
 
 class DigitsRotationSource(DigitsSource):

@@ -16,6 +16,7 @@ from typing import Any
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from data.fewshot import fewshot_set
@@ -84,8 +85,9 @@ def register() -> None:
     OmegaConf.register_new_resolver("vtab", lambda name, key: getattr(vtab_task(name), key), replace=True)
     OmegaConf.register_new_resolver("fgvc", lambda name, key: getattr(fgvc_set(name), key), replace=True)
     OmegaConf.register_new_resolver("fewshot", lambda name, key: getattr(fewshot_set(name), key), replace=True)
-    # named input normalisations (imagenet, inception, none): ${normalisation:imagenet,mean}
-    OmegaConf.register_new_resolver("normalisation", lambda name, key: list(getattr(normalisation(name), key)),
+    # named input normalisations (imagenet, inception, none), one channel at a time: ${normalisation:imagenet,mean,0}
+    # (scalars, so that configs holding them resolve in place)
+    OmegaConf.register_new_resolver("normalisation", lambda name, key, c: getattr(normalisation(name), key)[int(c)],
                                     replace=True)
 
 
@@ -93,7 +95,10 @@ register()
 
 
 def compose(overrides: Sequence[str] = ()) -> DictConfig:
-    """The config `train.py` would run with these command-line overrides."""
+    """The config `train.py` would run with these command-line overrides (also from inside a running Hydra app,
+    e.g. for a run that another run needs first)."""
+    if GlobalHydra.instance().is_initialized():
+        return hydra_compose("train", overrides=list(overrides))
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         return hydra_compose("train", overrides=list(overrides))
 

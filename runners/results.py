@@ -80,7 +80,7 @@ def read_run(path: Path) -> dict:
         column, replicate = task, f"seed {seed}"
         if benchmark == "vtab":
             column = ALIASES.get(task, task)
-        elif benchmark == "fewshot":
+        elif dataset.get("shots") is not None:  # few-shot tasks: one column per number of shots
             column = f"{task} {dataset['shots']}-shot"
             replicate = f"seed {seed}, list {dataset.get('fewshot_seed', 0)}"
         weights, weights_label = _weights(prov)
@@ -94,6 +94,8 @@ def read_run(path: Path) -> dict:
             "peak_memory_kind": m["peak_memory_kind"], "train_images_per_s": float(m["train_images_per_s"]),
             "weights": weights, "weights_label": weights_label, "normalisation": _normalisation(prov),
             "selection": prov.get("selection", "final epoch"), "data_format": prov.get("data_format", "not recorded"),
+            "technique_notes": "; ".join(f"{t['label']}: {t['note']}" for t in prov.get("techniques", {}).values()
+                                         if t.get("note")),
         }
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{path} lacks field {e} or has a wrong type there; is it a vpeft metrics.json?") from e
@@ -405,6 +407,8 @@ def build_results(runs: pd.DataFrame, bench: Benchmark, published: bool = False)
         notes.append(f"{ours.label}: method {row.method}, backbone {row.backbone}, "
                      f"weights {row.tags('weights_label')}, normalisation {row.tags('normalisation')}, "
                      f"selection {row.tags('selection')}, data {row.tags('data_format')}, protocol {row.protocol}.")
+        if row.tags("technique_notes"):
+            notes.append(f"{ours.label}: {row.tags('technique_notes')}.")
         for pub in catalogue.get(row.run_name) or catalogue.get(row.method, []):  # a recipe's run name, or the label
             ref = refs.setdefault(pub.method, len(refs) + 1)
             pub_means = pub.means(bench)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 from safetensors import safe_open
 
 from runners.errors import UserError
@@ -42,6 +43,43 @@ class FinishedRun:
         """The source run's plan and its metadata (method, label, config hash, where)."""
         _, meta = self.load()
         return plan_of(meta), meta
+
+
+class UpstreamRun:
+    """PVP's stage U: this run's method (and memory/quant techniques) trained on an upstream task with the same
+    backbone; its task checkpoint, after the run (done once, then reused as any finished run).
+
+    Args:
+        dataset: the upstream task, a `dataset=` option (the paper: ImageNet-1k; here any dataset the runner reads).
+        epochs: stage U's epochs.
+        overrides: anything else stage U changes (`optimizer.lr=…`).
+        method, backbone, memory, quant, seed, runs: this run's, by interpolation (conf/init/pvp.yaml).
+    """
+
+    def __init__(self, dataset: str, epochs: int, overrides: list[str], method, backbone, memory, quant, seed: int,
+                 runs: str):
+        self.dataset, self.epochs, self.overrides = dataset, epochs, list(overrides or [])
+        self.nodes = {"method": method, "backbone": backbone, "memory": memory, "quant": quant}
+        self.seed, self.runs = seed, runs
+
+    def config(self) -> DictConfig:
+        from runners.config import compose
+
+        cfg = compose([f"dataset={self.dataset}", f"epochs={self.epochs}", "init=none", "logger=none",
+                       f"seed={self.seed}", f"paths.runs={self.runs}", *self.overrides])
+        for key, node in self.nodes.items():
+            OmegaConf.update(cfg, key, OmegaConf.to_container(node, resolve=True) if node else {}, merge=False)
+        OmegaConf.update(cfg, "run_name", f"{cfg.run_name}-upstream")  # never the folder of a plain run of that task
+        return cfg
+
+    def load(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        from runners.run import run
+
+        cfg = self.config()
+        metrics = run(cfg)
+        if not metrics:
+            raise UserError(f"PVP's upstream run {cfg.paths.run_dir} is being run by another process; rerun later")
+        return FinishedRun(cfg.paths.run_dir).load()
 
 
 def plan_of(meta: dict[str, str]) -> dict | None:

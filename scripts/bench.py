@@ -4,6 +4,7 @@
     python scripts/bench.py runner --backbone vit_b16_in21k # GPU: ViT-B/16 at 224², bf16 (random weights)
     python scripts/bench.py data                            # decode-once cache against PIL every epoch
     python scripts/bench.py dyt                             # DyT's token dispatch against every token, inference
+    python scripts/bench.py memory                          # activation memory with and without memory=velora
 
 `runner`: training images/s of the runner against a bare timm loop (same model, data, batch, AdamW),
 alternately `--repeats` times each, best of each kept; the ratio runner/bare is the runner's overhead
@@ -269,6 +270,61 @@ def bench_dyt(args: argparse.Namespace) -> None:
               f"({speed / full:.2f}x the images/s, {gmacs / full_gmacs:.0%} of the GMACs)")
 
 
+MEMORY_HOSTS = {"full": ["method=full"], "lora": ["method=lora"], "adaptformer": ["method=adaptformer"],
+                "ssf (VeLoRA's placement)": ["method=ssf", "method.placement=reduced"]}
+
+
+def _activation_bytes(model: torch.nn.Module, x: torch.Tensor, device: torch.device) -> float:
+    """What one training step keeps for the backward, in MiB: CUDA's peak allocation above the weights, or on the CPU
+    the bytes of the distinct non-parameter tensors autograd saves."""
+    model.train()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = model(x)
+        out.float().sum().backward()
+        model.zero_grad(set_to_none=True)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    kept: dict[int, int] = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params:
+            kept[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x)
+    return sum(kept.values()) / 2**20
+
+
+def bench_memory(args: argparse.Namespace) -> None:
+    """Training activation memory of each host with and without memory=velora, on the same model and batch."""
+    from runners.run import build_adaptation
+
+    device = resolve_device(args.device)
+    size = compose([f"backbone={args.backbone}"]).backbone.image_size
+    x = torch.randn(args.batch_size, 3, size, size, device=device)
+    print(f"device: {device}; {args.backbone} at {size}², batch {args.batch_size}; "
+          f"{'CUDA max allocated above the weights' if device.type == 'cuda' else 'bytes of saved activations'}")
+    for host, overrides in MEMORY_HOSTS.items():
+        row = []
+        for memory in (["memory=none"], ["memory=velora", f"memory.num_groups={args.groups}"]):
+            cfg = compose([f"backbone={args.backbone}", "backbone.pretrained=false", "backbone.checkpoint=null",
+                           "dataset=digits", *overrides, *memory])
+            torch.manual_seed(0)
+            model = build_backbone(cfg.backbone, 100, load_weights=False).to(device)
+            adaptation = build_adaptation(cfg)
+            model, _ = adaptation.build(model)
+            row.append(_activation_bytes(model, x, device))
+            saving = adaptation.techniques[0].provenance() if adaptation.techniques else {}
+        print(f"{host:28s} without {row[0]:9.1f} MiB · with VeLoRA {row[1]:9.1f} MiB · {row[1] / row[0]:.3f} "
+              f"({saving.get('saving')}/{saving.get('wrapped')} compressed ops save memory)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="bench", required=True)
@@ -295,9 +351,14 @@ def main() -> None:
     dyt.add_argument("--repeats", type=int, default=2)
     dyt.add_argument("--rates", type=float, nargs="+", default=[0.5, 0.7, 0.9])
     dyt.add_argument("--device", default="auto")
+    memory = sub.add_parser("memory", help="training activation memory of each host with and without memory=velora")
+    memory.add_argument("--backbone", default="vit_b16_in21k")
+    memory.add_argument("--batch-size", type=int, default=8)
+    memory.add_argument("--groups", type=int, default=32)
+    memory.add_argument("--device", default="auto")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    {"runner": bench_runner, "data": bench_data, "dyt": bench_dyt}[args.bench](args)
+    {"runner": bench_runner, "data": bench_data, "dyt": bench_dyt, "memory": bench_memory}[args.bench](args)
 
 
 if __name__ == "__main__":

@@ -30,13 +30,14 @@ class FromRun(Technique):
     """Args:
     source: where the weights come from (see the module docstring).
     include_head: also copy the classifier (same number of classes).
+    note: recorded in the provenance (PVP: what the re-implementation leaves open).
     """
 
     group = "init"
 
-    def __init__(self, source: Source, include_head: bool = False, label: str = "init"):
+    def __init__(self, source: Source, include_head: bool = False, label: str = "init", note: str = ""):
         super().__init__(label)
-        self.source, self.include_head = source, include_head
+        self.source, self.include_head, self.note = source, include_head, note
         self._meta: dict[str, str] = {}
 
     def initialise(self, model: nn.Module, adaptation: Adaptation) -> None:
@@ -62,5 +63,5 @@ class FromRun(Technique):
                 target.copy_(source[key].to(target.device, target.dtype))
 
     def provenance(self) -> dict:
-        return {"label": self.label, "include_head": self.include_head,
+        return {"label": self.label, "include_head": self.include_head, **({"note": self.note} if self.note else {}),
                 **{f"source_{k}": self._meta[k] for k in ("where", "label", "config_hash") if k in self._meta}}
