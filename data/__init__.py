@@ -1,43 +1,51 @@
 """Datasets as `Task`s: readers, layouts, the decode-once cache. Nothing here knows about models.
 
 A dataset config names a *source* (`_target_`) with `splits(protocol) -> (train_split, eval_split)` and
-`load(split, geometry, cache) -> Split`, and optionally a training `augment` run on the device.
+`load(split, geometry, cache) -> Split` (and optionally a `provenance` dict); the run's data pipeline
+(conf/pipeline/) says how images are resized, augmented and normalised.
 """
 
 from __future__ import annotations
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from data.cache import DecodeCache, Geometry
 from data.task import DataError, Split, Task
+from data.transforms import build_train_transform
 
 PROTOCOLS = ("final", "tune")
 
 
-def build_task(dataset: DictConfig, protocol: str, image_size: int, interpolation: str,
+def build_task(dataset: DictConfig, protocol: str, pipeline: DictConfig, image_size: int,
                cache: DecodeCache | None = None) -> Task:
-    """Load the training and evaluation splits of `dataset` under `protocol`, at `image_size`.
+    """Load the training and evaluation splits of `dataset` under `protocol`, prepared as `pipeline` says.
 
-    Evaluation images are resized directly (VTAB) or resized and centre-cropped (`dataset.crop_pct`);
-    with an `augment`, training images are kept at the crop's source size and cropped on the device.
+    Evaluation images follow `pipeline.eval` (a direct resize, or a resize and centre crop). Training images are
+    the same unless the pipeline augments whole images: then they are cached at `pipeline.source_size` on their
+    shorter side, aspect kept, and cropped per sample (`Task.train_transform`).
     """
     if protocol not in PROTOCOLS:
         raise DataError(f"unknown protocol '{protocol}'; choose one of: {', '.join(PROTOCOLS)}")
     source = _instantiate(dataset.source)
-    augment = _instantiate(dataset.augment) if dataset.get("augment") else None
-    crop_pct = dataset.get("crop_pct")
-    eval_geometry = Geometry(image_size, interpolation, crop_pct)
+    interpolation = pipeline.interpolation
+    eval_geometry = Geometry(image_size, interpolation, pipeline.eval.get("crop_pct"), pipeline.eval.mode)
     train_geometry = eval_geometry
-    if augment is not None:
-        train_geometry = Geometry(round(image_size / (crop_pct or 1.0)), interpolation, 1.0 if crop_pct else None)
+    if pipeline.train.kind in ("random_crop_flip", "random_resized_crop"):
+        size = pipeline.get("source_size") or image_size
+        if size < image_size and pipeline.train.kind == "random_crop_flip":
+            raise DataError(f"pipeline.source_size={size} is smaller than the {image_size}-pixel crops it feeds")
+        train_geometry = Geometry(size, interpolation if interpolation != "tf_bilinear" else "bilinear",
+                                  mode="shorter")
+    transform = build_train_transform(OmegaConf.to_container(pipeline.train, resolve=True), image_size,
+                                      tuple(pipeline.mean))
     train_name, eval_name = source.splits(protocol)
     train, evaluation = source.load(train_name, train_geometry, cache), source.load(eval_name, eval_geometry, cache)
     _check_labels(dataset, protocol, train, evaluation)
     return Task(
         name=dataset.name, benchmark=dataset.benchmark, group=dataset.group, num_classes=int(dataset.num_classes),
-        train=train, eval=evaluation, augment=augment,
+        train=train, eval=evaluation, train_transform=transform,
         meta={
             "data_format": source.data_format,
             "train_split": train_name,
@@ -46,10 +54,15 @@ def build_task(dataset: DictConfig, protocol: str, image_size: int, interpolatio
             "eval_images": len(evaluation),
             "image_size": image_size,
             "interpolation": interpolation,
-            "train_preprocessing": train_geometry.describe() + (f", then {augment.describe()}" if augment else ""),
+            "train_preprocessing": train_geometry.describe() + (f", then {_describe(transform)}" if transform else ""),
             "eval_preprocessing": eval_geometry.describe(),
+            **getattr(source, "provenance", {}),
         },
     )
+
+
+def _describe(transform) -> str:
+    return " → ".join(type(t).__name__ for t in transform.transforms) + " (per sample, on the host)"
 
 
 def _instantiate(node: DictConfig):

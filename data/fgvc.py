@@ -57,23 +57,35 @@ def _read_json(path: Path) -> dict[str, int]:
 
 
 class FgvcSource:
-    """An FGVC set in VPT's json layout. `final` trains on train+val and tests on test; `tune` trains on
-    train and evaluates on val."""
+    """An FGVC set in VPT's json layout. `final` trains on `final_train` (train+val, or VPT's code's train) and
+    tests on test; `tune` trains on train and evaluates on val."""
 
-    def __init__(self, root: str | Path, name: str):
+    def __init__(self, root: str | Path, name: str, final_train: str = "train+val"):
+        if final_train not in ("train", "train+val"):
+            raise DataError(f"pipeline.fgvc_final_train={final_train} must be train or train+val")
+        self.final_train = final_train
         self.set = fgvc_set(name)
         self.root = Path(root).expanduser()
         self.folder = self.root / self.set.folder
         if not self.folder.is_dir():
             raise DataError(f"FGVC folder {self.folder} does not exist; build it with `python scripts/prepare_fgvc.py "
                             f"--root {self.root} --dataset {self.set.name} --archive ...` or set paths.data_dir=")
-        self.data_format = "VPT FGVC json splits"
+        record = self.folder / ".prepared.json"
+        if record.is_file():  # written by prepare_fgvc.py: val is drawn by vpeft, not VPT's released membership
+            prepared = json.loads(record.read_text())
+            drawn = prepared.get("seed")
+            origin = ("vpeft's prepare_fgvc.py, the official val split" if drawn is None else
+                      f"vpeft's prepare_fgvc.py, val drawn with seed {drawn} (VPT's sizes, not its membership)")
+        else:
+            origin = "not recorded (no .prepared.json: VPT's released files or another tool's)"
+        self.data_format = "VPT-format FGVC json splits"
+        self.provenance = {"fgvc_splits": origin}
         self._annotations = {split: _read_json(self.folder / f"{split}.json") for split in SPLITS}
         ids = sorted({int(v) for a in self._annotations.values() for v in a.values()})
         self._class_index = {class_id: i for i, class_id in enumerate(ids)}
 
     def splits(self, protocol: str) -> tuple[str, str]:
-        return {"final": ("train+val", "test"), "tune": ("train", "val")}[protocol]
+        return {"final": (self.final_train, "test"), "tune": ("train", "val")}[protocol]
 
     def load(self, split: str, geometry: Geometry, cache: DecodeCache) -> Split:
         image_root = self.folder / self.set.image_dir

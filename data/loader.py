@@ -2,16 +2,21 @@
 
 Images stay uint8 until a batch is taken; `(x / 255 − mean) / std` is one in-place multiply and add
 on the device. A split small enough (VTAB-1k's 1,000 training images are 150 MB at 224²) is moved to the
-device once, so an epoch costs no host work beyond index generation.
+device once, so an epoch costs no host work beyond index generation. A pipeline that augments each image
+(random crops, RandAugment) does it on the host in loader workers (`AugmentedLoader`); random erasing and
+mixup/cutmix act on the normalised batch on the device.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
+from PIL import Image
 
-from data.task import Split
+from data.task import Split, Task
+from data.transforms import SeededRNG, seeded
 
 _RESIDENT_BYTES = 4 << 30
 
@@ -22,21 +27,19 @@ class DeviceLoader:
     Args:
         shuffle: a new order each epoch, drawn from `seed + epoch` (so a resumed run sees the same order).
         drop_last: drop the incomplete last batch when the split holds at least one full batch.
-        augment: applied to each normalised batch with a device generator seeded from `seed + epoch`.
+        batch_ops: applied in turn to each normalised (images, labels) batch on the device (random erasing, mixup).
     """
 
     def __init__(self, split: Split, batch_size: int, device: torch.device, mean: Sequence[float],
                  std: Sequence[float], shuffle: bool = False, drop_last: bool = False, seed: int = 0,
-                 augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None):
+                 batch_ops: Sequence[BatchOp] = ()):
         resident = device.type == "cpu" or split.images.numel() <= _RESIDENT_BYTES
         self.images = split.images.to(device) if resident else split.images.pin_memory()
         self.labels = split.labels.to(device)
-        self.batch_size, self.device = batch_size, device
-        self.shuffle, self.seed, self.epoch, self.augment = shuffle, seed, 0, augment
+        self.batch_size, self.device, self.batch_ops = batch_size, device, list(batch_ops)
+        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
         self.drop_last = drop_last and len(split) >= batch_size
-        std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        self._scale = 1.0 / (255.0 * std_t)
-        self._offset = -torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1) / std_t
+        self._normalise = Normalise(mean, std, device)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -49,18 +52,137 @@ class DeviceLoader:
     def images_per_epoch(self) -> int:
         return len(self) * self.batch_size if self.drop_last else len(self.labels)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def order(self) -> torch.Tensor:
         n = len(self.labels)
         if self.shuffle:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
-        else:
-            order = torch.arange(n)
-        generator = torch.Generator(self.device).manual_seed(self.seed + self.epoch) if self.augment else None
+            return torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        return torch.arange(n)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self.order()
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             x = self.images[idx.to(self.images.device)].to(self.device, non_blocking=True)
-            x = x.float().mul_(self._scale).add_(self._offset)
-            yield (self.augment(x, generator) if self.augment else x), self.labels[idx.to(self.device)]
+            yield _apply(self.batch_ops, self._normalise(x), self.labels[idx.to(self.device)])
+
+
+BatchOp = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _apply(ops: Sequence[BatchOp], x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    for op in ops:
+        x, y = op(x, y)
+    return x, y
+
+
+class Normalise:
+    """uint8 N×3×H×W → float (x / 255 − mean) / std, one multiply and one add on the device."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device):
+        std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.scale = 1.0 / (255.0 * std_t)
+        self.offset = -torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1) / std_t
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float().mul_(self.scale).add_(self.offset)
+
+
+class RandomErase:
+    """timm's RandomErasing (pixel mode) on each image of a normalised batch, on the device."""
+
+    def __init__(self, probability: float, device: torch.device):
+        from timm.data.random_erasing import RandomErasing
+
+        self.erase = RandomErasing(probability=probability, mode="pixel", device=str(device))
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.erase(x), y
+
+
+class MixupCutmix:
+    """timm's Mixup/CutMix on a normalised batch; the targets become soft (label smoothing included)."""
+
+    def __init__(self, num_classes: int, **kwargs):
+        from timm.data import Mixup
+
+        self.mixup = Mixup(num_classes=num_classes, **kwargs)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.mixup(x, y)
+
+
+class _Samples(torch.utils.data.Dataset):
+    """(epoch, index) → the augmented uint8 image and its label; each sample seeded on its own."""
+
+    def __init__(self, split: Split, transform: Callable, seed: int):
+        self.split, self.transform, self.seed = split, transform, seed
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        epoch, i = key
+        image = self.split.images[i]
+        if self.split.sizes is not None:
+            h, w = self.split.sizes[i].tolist()
+            image = image[:, :h, :w]
+        with SeededRNG(seeded(self.seed, epoch, i)):
+            out = self.transform(Image.fromarray(image.permute(1, 2, 0).numpy()))
+        return torch.from_numpy(np.asarray(out, dtype=np.uint8).copy()).permute(2, 0, 1), int(self.split.labels[i])
+
+
+class _Batches:
+    """The (epoch, index) batches of a loader's current epoch, in its order (read in the training process)."""
+
+    def __init__(self, loader: DeviceLoader):
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        order, size, epoch = self.loader.order().tolist(), self.loader.batch_size, self.loader.epoch
+        for b in range(len(self.loader)):
+            yield [(epoch, i) for i in order[b * size:(b + 1) * size]]
+
+
+class AugmentedLoader(DeviceLoader):
+    """Like `DeviceLoader`, with a per-sample `transform` on the host (PIL images, in `workers` processes,
+    prefetched while the device trains) before the batch reaches the device."""
+
+    def __init__(self, split: Split, batch_size: int, device: torch.device, mean: Sequence[float],
+                 std: Sequence[float], transform: Callable, shuffle: bool = True, drop_last: bool = True,
+                 seed: int = 0, batch_ops: Sequence[BatchOp] = (), workers: int = 0):
+        self.split, self.batch_size, self.device, self.batch_ops = split, batch_size, device, list(batch_ops)
+        self.labels = split.labels
+        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
+        self.drop_last = drop_last and len(split) >= batch_size
+        self._normalise = Normalise(mean, std, device)
+        self.loader = torch.utils.data.DataLoader(_Samples(split, transform, seed), batch_sampler=_Batches(self),
+                                                  num_workers=workers, persistent_workers=workers > 0,
+                                                  pin_memory=device.type == "cuda")
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y in self.loader:
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            yield _apply(self.batch_ops, self._normalise(x), y)
+
+
+def train_loader(task: Task, batch_size: int, device: torch.device, pipeline, seed: int,
+                 workers: int = 0) -> DeviceLoader:
+    """The training loader a pipeline describes: resident device batches, with per-sample host augmentation where
+    it has one, then random erasing and mixup/cutmix on the device."""
+    mean, std = list(pipeline.mean), list(pipeline.std)
+    ops: list[BatchOp] = []
+    if pipeline.get("random_erasing"):
+        ops.append(RandomErase(float(pipeline.random_erasing), device))
+    if pipeline.get("mixup"):
+        ops.append(MixupCutmix(task.num_classes, **dict(pipeline.mixup)))
+    if task.train_transform is None:
+        return DeviceLoader(task.train, batch_size, device, mean, std, shuffle=True, drop_last=True, seed=seed,
+                            batch_ops=ops)
+    return AugmentedLoader(task.train, batch_size, device, mean, std, task.train_transform, seed=seed, batch_ops=ops,
+                           workers=workers)
 
 
 class SplitPass:

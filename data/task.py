@@ -43,11 +43,13 @@ VTAB_PROTOCOL_SPLITS = {
 
 @dataclass
 class Split:
-    """One split: `images` uint8 N×3×H×W, `labels` int64 N."""
+    """One split: `images` uint8 N×3×H×W, `labels` int64 N; `sizes` (N×2: height, width) when the images keep their
+    aspect ratio and are stored top-left in a padded array."""
 
     name: str
     images: torch.Tensor
     labels: torch.Tensor
+    sizes: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
@@ -72,5 +74,5 @@ class Task:
     num_classes: int
     train: Split
     eval: Split
-    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None  # training batches, on device
+    train_transform: Callable | None = None  # per-sample training augmentation (PIL → PIL), on the host
     meta: dict = field(default_factory=dict)

@@ -9,6 +9,7 @@ Task order is the column order of published tables; groups and class counts as i
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,6 +75,11 @@ class NoahSource:
                             f"scripts/prepare_vtab.py --root {self.root} --tasks {self.task.name}` or set "
                             f"paths.data_dir= to the folder that holds vtab-1k/")
         self.data_format = "NOAH vtab-1k list files"
+        record = self.folder / "prepared.json"
+        prepared = json.loads(record.read_text()) if record.is_file() else None
+        self.provenance = {"prepared": {k: prepared.get(k) for k in ("format", "tfds_builder", "tfds_resolved",
+                                                                    "tfds_version", "fingerprint")}
+                           if prepared else "not recorded (no prepared.json: a folder from another tool)"}
 
     def splits(self, protocol: str) -> tuple[str, str]:
         return VTAB_PROTOCOL_SPLITS[protocol]

@@ -22,6 +22,14 @@ from data.vtab import vtab_task
 Example = Mapping[str, Any]
 SOURCE_SPLITS = ("train800", "val200", "test")  # read from TFDS; train800val200 is their concatenation
 
+# The VTAB-1k test split sizes (task_adaptation's slices of the TFDS builders): a built test split must have these.
+TEST_SIZES = {
+    "cifar": 10_000, "caltech101": 6_084, "dtd": 1_880, "oxford_flowers102": 6_149, "oxford_iiit_pet": 3_669,
+    "svhn": 26_032, "sun397": 21_750, "patch_camelyon": 32_768, "eurosat": 5_400, "resisc45": 6_300,
+    "diabetic_retinopathy": 42_670, "clevr_count": 15_000, "clevr_dist": 15_000, "dmlab": 22_735, "kitti": 711,
+    "dsprites_loc": 73_728, "dsprites_ori": 73_728, "smallnorb_azi": 12_150, "smallnorb_ele": 12_150,
+}
+
 
 def rgb_image(example: Example) -> np.ndarray:
     """The example's `image` as uint8 H×W×3 (a single grey channel is repeated)."""

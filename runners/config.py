@@ -29,7 +29,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = PROJECT_ROOT / "conf"
 
 # Keys that do not change what a run computes: a rerun that differs only in these is the same run.
-_NOT_IN_HASH = ("force", "paths", "logger", "device", "data.cache_dir", "data.decode_workers")
+_NOT_IN_HASH = ("force", "paths", "logger", "device", "data.cache_dir", "data.decode_workers", "data.augment_workers")
 
 
 @dataclass
@@ -53,6 +53,7 @@ class RunSchema:
     paths: Any = MISSING
     data: Any = MISSING
     dataset: Any = MISSING
+    pipeline: Any = MISSING  # how images are resized, augmented and normalised (conf/pipeline/; set by the dataset)
     backbone: Any = MISSING
     method: Any = MISSING
     optimizer: Any = MISSING

@@ -141,12 +141,12 @@ def _train_and_report(cfg: DictConfig, run_dir: Path, digest: str, lock: RunLock
     device = resolve_device(cfg.device)
     bb = cfg.backbone
     cache = DecodeCache(cfg.data.cache_dir, cfg.data.decode_workers, cfg.data.skip_corrupt)
-    task = build_task(cfg.dataset, cfg.protocol, bb.image_size, bb.interpolation, cache)
+    task = build_task(cfg.dataset, cfg.protocol, cfg.pipeline, bb.image_size, cache)
     model = build_backbone(bb, task.num_classes, drop_path=cfg.drop_path).to(device)
     adaptation = build_adaptation(cfg)
 
     saved = _read_plan(run_dir, digest)
-    data = SplitPass(task.train, device, list(bb.mean), list(bb.std), task.num_classes)
+    data = SplitPass(task.train, device, list(cfg.pipeline.mean), list(cfg.pipeline.std), task.num_classes)
     t0 = time.perf_counter()
     model, plan = adaptation.build(model, saved["plan"] if saved else None, None if saved else data,
                                    task_loss(cfg.label_smoothing))
@@ -173,6 +173,7 @@ def _train_and_report(cfg: DictConfig, run_dir: Path, digest: str, lock: RunLock
         trainer = Trainer(cfg, model, adaptation, task, device, run_dir, digest, logger, heartbeat=lock.refresh,
                           on_plan=new_plan, data=data)
         fit = trainer.fit()
+        trainer.use_ema()
         deployed, deployed_as = _deployed(model, adaptation)
         top1 = trainer.evaluate(deployed)
         logger.log({f"eval/top1_{task.eval.name}": top1}, step=fit.steps)
@@ -213,7 +214,9 @@ def _train_and_report(cfg: DictConfig, run_dir: Path, digest: str, lock: RunLock
             "device": str(device),
             "provenance": {
                 **task.meta,
-                "normalisation": {"name": bb.get("normalisation"), "mean": list(bb.mean), "std": list(bb.std)},
+                "normalisation": {"name": cfg.pipeline.normalisation, "mean": list(cfg.pipeline.mean),
+                                  "std": list(cfg.pipeline.std)},
+                "pipeline": OmegaConf.to_container(cfg.pipeline, resolve=True),
                 "selection": "final epoch",
                 "evaluated": deployed_as,
                 "gmacs": {"images": counted, "model": deployed_as, "split": task.eval.name,

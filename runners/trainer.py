@@ -24,9 +24,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from timm.optim import param_groups_weight_decay
+from timm.utils import ModelEmaV3
 from torch import nn
 
-from data.loader import DeviceLoader, SplitPass
+from data.loader import DeviceLoader, SplitPass, train_loader
 from data.task import Task
 from methods.base import DataPass, EpochContext, StepContext
 from methods.techniques import Adaptation
@@ -68,8 +69,15 @@ def _set_rng_state(state: dict) -> None:
 
 
 def task_loss(label_smoothing: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Cross-entropy on float32 logits, with the run's label smoothing."""
-    return lambda logits, y: F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+    """Cross-entropy on float32 logits: with the run's label smoothing for class indices, or against soft targets
+    (mixup/cutmix, which smooth the labels themselves)."""
+
+    def loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if y.ndim == 2:
+            return torch.sum(-y * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+        return F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+
+    return loss
 
 
 @dataclass
@@ -117,11 +125,12 @@ class Trainer:
         self.device, self.run_dir, self.config_hash = device, Path(run_dir), config_hash
         self.logger = logger or NullLogger()
         self.loss_fn = task_loss(cfg.label_smoothing)
-        mean, std = list(cfg.backbone.mean), list(cfg.backbone.std)
+        mean, std = list(cfg.pipeline.mean), list(cfg.pipeline.std)
         self.data = data or SplitPass(task.train, device, mean, std, task.num_classes)
-        self.train_loader = DeviceLoader(task.train, cfg.batch_size, device, mean, std, shuffle=True,
-                                         drop_last=True, seed=cfg.seed, augment=task.augment)
+        self.train_loader = train_loader(task, cfg.batch_size, device, cfg.pipeline, cfg.seed,
+                                         workers=cfg.data.augment_workers)
         self.eval_loader = DeviceLoader(task.eval, cfg.eval_batch_size, device, mean, std)
+        self.ema = ModelEmaV3(model, decay=float(cfg.pipeline.ema)) if cfg.pipeline.get("ema") else None
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16,
                                        enabled=bool(cfg.amp) and device.type == "cuda")
         self.schedule_origin = 0  # the step the current optimizer and schedule started at
@@ -164,6 +173,7 @@ class Trainer:
             "epoch": epoch, "step": step, "train_seconds": seconds, "train_images": images, "curve": curve,
             "trainable": self.adaptation.state(self.model), "optimizer": self.optimizer.state_dict(),
             "schedule": {"origin": self.schedule_origin, "epochs": self.schedule_epochs},
+            "ema": self._ema_state() if self.ema is not None else {},
             "rng": _rng_state(), "config_hash": self.config_hash,
         })
 
@@ -183,6 +193,8 @@ class Trainer:
         self._build_optimizer(state["schedule"]["epochs"])
         self.schedule_origin = state["schedule"]["origin"]
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None:
+            self.ema.module.load_state_dict(state["ema"], strict=False)
         _set_rng_state(state["rng"])
         log.info("resumed %s at epoch %d/%d", self.run_dir, state["epoch"], self.cfg.epochs)
         return state
@@ -216,6 +228,8 @@ class Trainer:
             if self.cfg.grad_clip:
                 nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
             self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update(self.model, step=step)
             step += 1
             progress.advance(bar)
         return step
@@ -270,6 +284,16 @@ class Trainer:
                 correct += (model(x).argmax(dim=-1) == y).sum()
         model.train(was_training)
         return 100.0 * correct.item() / len(self.task.eval)
+
+    def _ema_state(self) -> dict[str, torch.Tensor]:
+        """The EMA model's copies of the tensors that train (the rest equals the model's)."""
+        keys = set(self.adaptation.state(self.model))
+        return {k: v for k, v in self.ema.module.state_dict().items() if k in keys}
+
+    def use_ema(self) -> None:
+        """Put the EMA weights into the model (what is then evaluated and stored, as SSF's EMA runs report)."""
+        if self.ema is not None:
+            self.model.load_state_dict(self._ema_state(), strict=False)
 
     def remove_checkpoint(self) -> None:
         self._checkpoint_path().unlink(missing_ok=True)

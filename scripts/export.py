@@ -40,8 +40,8 @@ def export(run_dir: str | Path, out: str | Path | None = None) -> Path:
         kwargs = OmegaConf.to_container(cfg.backbone.kwargs, resolve=True) or {}
         save_for_hf(merged, str(out), model_args=kwargs, safe_serialization=True,
                     data_config={"input_size": (3, cfg.backbone.image_size, cfg.backbone.image_size),
-                                 "interpolation": cfg.backbone.interpolation, "mean": tuple(cfg.backbone.mean),
-                                 "std": tuple(cfg.backbone.std), "crop_pct": 1.0, "crop_mode": "squash"})
+                                 "interpolation": cfg.pipeline.interpolation, "mean": tuple(cfg.pipeline.mean),
+                                 "std": tuple(cfg.pipeline.std), "crop_pct": 1.0, "crop_mode": "squash"})
     return out
 
 

@@ -5,14 +5,20 @@
     python scripts/prepare_vtab.py --root ~/data --tasks resisc45 --manual-dir ~/downloads/vtab-manual
 
 Writes `<root>/vtab-1k/<task>/images/<split>/NNNNNN.<ext>` and `<root>/vtab-1k/<task>/<split>.txt` for the splits
-train800, val200, train800val200 (its own copies: the 800 train then the 200 val images) and test. Each task is
-built in `<root>/vtab-1k/.<task>.partial` and renamed into place with a `prepared.json` record; a prepared task is
-skipped on a rerun, a partial one rebuilt, `--force` rebuilds. Needs the data extra: `pip install -e ".[data]"`.
+train800, val200, train800val200 and test, images at their source resolution. train800val200 (its own copies) is in
+NOAH's order: TFDS reads the `train[:800]+train[800:1000]`-style union in blocks of 16 examples, alternating, so the
+list is train 0–15, val 0–15, train 16–31, …, train 192–207, val 192–199, then train 208–799 (what order-dependent
+steps such as SPT's first 512 images see). Every split's size is checked against VTAB-1k's (test sizes in
+data/vtab_tfds.py); the record `prepared.json` holds the TFDS builder, versions and a fingerprint of train800val200
+(labels and image bytes) to compare folders built elsewhere. Each task is built in `<root>/vtab-1k/.<task>.partial`
+and renamed into place; a prepared task is skipped on a rerun, a partial one rebuilt, `--force` rebuilds. Needs the
+data extra: `pip install -e ".[data]"`.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import sys
@@ -24,6 +30,7 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from data import vtab_tfds
 from data.task import DataError
 from data.vtab import SPLITS, VTAB_TASKS, vtab_task
 from data.vtab_tfds import SOURCE_SPLITS, TFDS_TASKS, builder_name, import_tfds, open_split
@@ -68,6 +75,15 @@ def read_record(folder: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def noah_order(train: list, val: list, block: int = 16) -> list:
+    """train800 and val200 interleaved as TFDS reads their union and NOAH's lists hold it: alternating blocks of
+    `block` examples until val is used up, then the rest of train."""
+    out = []
+    for start in range(0, max(len(train), len(val)), block):
+        out += train[start:start + block] + val[start:start + block]
+    return out
+
+
 def _write_split(folder: Path, split: str, entries: list[tuple[str, int]]) -> None:
     (folder / f"{split}.txt").write_text("".join(f"{path} {label}\n" for path, label in entries))
 
@@ -88,16 +104,19 @@ def build_task(task: str, folder: Path, fmt: str, data_dir: str | None, manual_d
             Image.fromarray(np.ascontiguousarray(image)).save(folder / path)
             entries[split].append((path, label))
             progress.advance(bar)
-    for split, expected in (("train800", 800), ("val200", 200)):
+    for split, expected in (("train800", 800), ("val200", 200), ("test", vtab_tfds.TEST_SIZES[task])):
         if len(entries[split]) != expected:
             raise DataError(f"{task}: {split} ({TFDS_TASKS[task].splits[split]}) has {len(entries[split])} "
-                            f"examples, expected {expected}; the TFDS data is incomplete")
+                            f"examples, VTAB-1k has {expected}; the TFDS data is incomplete or of another version "
+                            f"(rebuild it with tfds, then rerun with --force)")
     (folder / "images" / "train800val200").mkdir()
     entries["train800val200"] = []
-    for source_path, label in entries["train800"] + entries["val200"]:
+    fingerprint = hashlib.sha256()
+    for source_path, label in noah_order(entries["train800"], entries["val200"]):
         path = f"images/train800val200/{len(entries['train800val200']):06d}.{fmt}"
         shutil.copyfile(folder / source_path, folder / path)
         entries["train800val200"].append((path, label))
+        fingerprint.update(f"{label}\t".encode() + hashlib.sha256((folder / path).read_bytes()).digest())
         progress.advance(bar)
     for split in SPLITS:
         _write_split(folder, split, entries[split])
@@ -109,6 +128,8 @@ def build_task(task: str, folder: Path, fmt: str, data_dir: str | None, manual_d
         "tfds_resolved": builder_name(task, data_dir),
         "tfds_splits": TFDS_TASKS[task].splits,
         "tfds_version": import_tfds().__version__,
+        "train800val200_order": "NOAH (blocks of 16, train and val alternating)",
+        "fingerprint": fingerprint.hexdigest()[:16],
         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     (folder / RECORD).write_text(json.dumps(record, indent=2) + "\n")

@@ -11,7 +11,6 @@ import torch
 
 import data.cache
 from data import DataError, DecodeCache, Geometry, build_task
-from data.augment import RandomResizedCropFlip
 from runners import compose, run
 from tests.conftest import run_cli
 from tests.datasets import VTAB_SIZES, make_fewshot_set, make_fgvc_set, make_vtab_task
@@ -26,7 +25,7 @@ def task_for(tmp_path, data_dir, *overrides, protocol="final"):
     cfg = compose(["backbone=vit_test", f"paths.data_dir={data_dir}", f"paths.cache_dir={tmp_path / 'cache'}",
                    f"protocol={protocol}", *overrides])
     cache = DecodeCache(cfg.data.cache_dir, cfg.data.decode_workers, cfg.data.skip_corrupt)
-    return build_task(cfg.dataset, cfg.protocol, cfg.backbone.image_size, cfg.backbone.interpolation, cache)
+    return build_task(cfg.dataset, cfg.protocol, cfg.pipeline, cfg.backbone.image_size, cache)
 
 
 def test_vtab_protocols_read_the_noah_lists(tmp_path, data_dir):
@@ -92,29 +91,20 @@ def test_killed_cache_build_leaves_nothing_complete(tmp_path, data_dir, monkeypa
     assert len(task_for(tmp_path, data_dir, "dataset=vtab/svhn").train) == 24
 
 
-def test_fgvc_json_layout_with_device_crops(tmp_path, data_dir):
+def test_fgvc_json_layout_with_vpts_pipeline(tmp_path, data_dir):
     make_fgvc_set(data_dir, "CUB_200_2011", "images", 5)
-    task = task_for(tmp_path, data_dir, "dataset=fgvc/cub", "dataset.num_classes=5")
-    assert task.meta["train_split"] == "train+val" and len(task.train) == 5 * 4 and len(task.eval) == 5 * 2
+    task = task_for(tmp_path, data_dir, "dataset=fgvc/cub", "dataset.num_classes=5", "pipeline.source_size=37")
+    assert task.meta["train_split"] == "train" and len(task.train) == 5 * 3 and len(task.eval) == 5 * 2  # VPT's
     assert sorted(task.train.labels.unique().tolist()) == [0, 1, 2, 3, 4]  # 1-based ids remapped
-    assert task.train.images.shape[-1] == 37 and task.eval.images.shape[-1] == 32  # 32 / 0.875 → crops of 32
-    assert task.meta["eval_preprocessing"] == "resize shorter side to 37 (bicubic), centre crop 32"
-    crops = task.augment(task.train.images[:6].float(), torch.Generator().manual_seed(0))
-    assert crops.shape == (6, 3, 32, 32)
+    assert task.train.sizes is not None and int(task.train.sizes.min()) == 37  # shorter side 37, aspect kept
+    assert task.eval.images.shape[-2:] == (32, 32)
+    assert task.meta["eval_preprocessing"] == "resize shorter side to 37 (bilinear), centre crop 32"
+    assert "RandomCrop → RandomHorizontalFlip" in task.meta["train_preprocessing"]
+    ssf = task_for(tmp_path, data_dir, "dataset=fgvc/cub", "dataset.num_classes=5", "pipeline=fgvc_ssf",
+                   "pipeline.source_size=40")
+    assert ssf.meta["train_split"] == "train+val" and len(ssf.train) == 5 * 4
     tune = task_for(tmp_path, data_dir, "dataset=fgvc/cub", "dataset.num_classes=5", protocol="tune")
     assert (len(tune.train), len(tune.eval)) == (15, 5)
-
-
-def test_random_resized_crop_flip():
-    aug = RandomResizedCropFlip(8, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=1.0)
-    ramp = torch.arange(16.0).repeat(2, 3, 16, 1)  # grows left to right
-    out = aug(ramp, torch.Generator().manual_seed(0))
-    assert out.shape == (2, 3, 8, 8)
-    assert (out[..., 0] > out[..., -1]).all()  # flipped: now falls left to right
-    crops = RandomResizedCropFlip(8)
-    a = crops(ramp, torch.Generator().manual_seed(1))
-    assert torch.equal(a, crops(ramp, torch.Generator().manual_seed(1)))
-    assert not torch.equal(a, crops(ramp, torch.Generator().manual_seed(2)))
 
 
 def test_fewshot_lists(tmp_path, data_dir):

@@ -10,7 +10,8 @@ from tests.conftest import run_cli
 CASES = {
     "unknown method": (["method=sft"], f"unknown method 'sft'; choose one of: {', '.join(list_methods())}"),
     "unknown dataset": (["dataset=mnist"],
-                        "unknown dataset 'mnist'; choose one of: digits, digits_rotation, fewshot/fgvc_aircraft"),
+                        "unknown dataset 'mnist'; choose one of: digits, digits_rotation, digits_source, "
+                        "digits_target, fewshot/fgvc_aircraft"),
     "unknown backbone": (["backbone=vit_huge"], "unknown backbone 'vit_huge'; choose one of:"),
     "bad value": (["epochs=ten"], "'ten' of type 'str' could not be converted to Integer"),
     "misspelt key": (["epoch=3"], "Key 'epoch' not in"),

@@ -13,7 +13,19 @@ CASES = [
     Case(("method=adaptformer",), vit_b16=1_189_632, tiny=ADAPTFORMER_64, identity_at_init=True,
          backbones={"swin": "", "convnext": NO_BLOCKS}),
     Case(("method=adaptformer", "method.bottleneck=8"), vit_b16=156_768, identity_at_init=True),  # the VTAB tables'
+    Case(("method=adaptformer", "method.head_norm=batchnorm"), tiny=ADAPTFORMER_64, identity_at_init=True),
 ]
+
+
+def test_the_official_image_runs_head_normalisation():
+    model = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4,
+                              num_classes=5)
+    create_method("adaptformer", head_norm="batchnorm").attach(model)
+    norm = model.get_classifier().adaptformer_head_norm
+    assert isinstance(norm, torch.nn.BatchNorm1d) and not norm.affine and norm.eps == 1e-6
+    features = torch.randn(6, 64) * 3 + 2
+    model.get_classifier().train()(features)
+    assert torch.allclose(norm.running_mean, 0.1 * features.mean(0), atol=1e-5)
 
 
 def test_adaptformer_reads_the_residual_stream_before_norm2_outside_drop_path():

@@ -178,8 +178,10 @@ def mocked_tfds() -> Iterator[None]:
             pool = pool.map(_same_object_count)
         return pool.cache().repeat().take(size)
 
+    mocked_test_sizes = {task: slice_size(source.builder, source.splits["test"]) for task, source in TFDS_TASKS.items()}
     with pytest.MonkeyPatch.context() as patch, tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE):
         patch.setattr(tfds, "load", load)
+        patch.setattr(vtab_tfds, "TEST_SIZES", mocked_test_sizes)
         yield
 
 
@@ -232,19 +234,27 @@ def test_all_tasks_prepared(prepared_all):
             assert [p for p, _ in lines] == [f"images/{split}/{i:06d}.jpg" for i in range(len(lines))]
             assert all(0 <= label < task.num_classes for _, label in lines), (task.name, split)
             assert all((folder / p).is_file() for p, _ in lines), (task.name, split)
-        assert [label for _, label in lists["train800val200"]] == \
-            [label for _, label in lists["train800"] + lists["val200"]]
-        for i in (0, 799):
+        # NOAH's order: blocks of 16 alternating (train 0-15, val 0-15, train 16-31, ...), val used up at 200
+        noah = [("train800", i) for i in range(16)] + [("val200", i) for i in range(16)] + \
+            [("train800", i) for i in range(16, 32)]
+        noah_tail = [("val200", i) for i in range(192, 200)] + [("train800", i) for i in range(208, 800)]
+        order = noah + [None] * (1000 - len(noah) - len(noah_tail)) + noah_tail
+        for i, origin in enumerate(order):
+            if origin is not None:
+                split, j = origin
+                assert lists["train800val200"][i][1] == lists[split][j][1], (task.name, i)
+        for i, (split, j) in ((0, ("train800", 0)), (16, ("val200", 0)), (399, ("train800", 207)),
+                              (407, ("val200", 199)), (408, ("train800", 208)), (999, ("train800", 799))):
             assert (folder / f"images/train800val200/{i:06d}.jpg").read_bytes() == \
-                (folder / f"images/train800/{i:06d}.jpg").read_bytes()
-        assert (folder / "images/train800val200/000800.jpg").read_bytes() == \
-            (folder / "images/val200/000000.jpg").read_bytes()
+                (folder / f"images/{split}/{j:06d}.jpg").read_bytes(), (task.name, i)
         with Image.open(folder / lists["test"][0][0]) as image:
             assert image.format == "JPEG" and image.mode == "RGB"
         record = json.loads((folder / "prepared.json").read_text())
         assert record["format"] == "jpg" and record["counts"] == expected and record["tfds_builder"] == source.builder
         assert record["tfds_resolved"].startswith(source.builder.split(":")[0] + "/")
         assert record["tfds_version"] == tfds.__version__
+        assert re.fullmatch(r"[0-9a-f]{16}", record["fingerprint"])
+        assert record["train800val200_order"].startswith("NOAH")
     assert not list(prepared_all.glob(".*.partial"))
 
 
@@ -301,6 +311,14 @@ def test_rerun_skips_complete_and_rebuilds_partial(scratch, mocked_tfds, monkeyp
     assert opened == ["dtd"] * 3 and not (vtab_dir / "dtd" / "stale").exists()
 
 
+def test_noah_order():
+    train, val = [f"t{i}" for i in range(800)], [f"v{i}" for i in range(200)]
+    merged = prepare_vtab.noah_order(train, val)
+    assert sorted(merged) == sorted(train + val)
+    assert merged[:34] == train[:16] + val[:16] + train[16:18]
+    assert merged[384:409] == train[192:208] + val[192:200] + [train[208]]
+
+
 def _user_error(argv: list[str], capsys) -> str:
     with pytest.raises(SystemExit) as exit_info:
         guard(lambda: main(argv))
@@ -333,6 +351,14 @@ def test_user_errors(tmp_path, capsys):
     foreign.mkdir()
     (foreign / "prepared.json").write_text(json.dumps({"format": "png"}))
     assert "--force" in _user_error(["--root", str(tmp_path), "--tasks", "dtd"], capsys)
+
+
+@pytest.mark.tfds
+def test_short_split_stops(tmp_path, mocked_tfds, monkeypatch, capsys):
+    monkeypatch.setitem(vtab_tfds.TEST_SIZES, "dtd", vtab_tfds.TEST_SIZES["dtd"] + 1)
+    err = _user_error(["--root", str(tmp_path), "--tasks", "dtd"], capsys)
+    assert "dtd: test (test) has" in err and "VTAB-1k has" in err and "--force" in err
+    assert not (tmp_path / "vtab-1k" / "dtd").exists()
 
 
 @pytest.mark.tfds

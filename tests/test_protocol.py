@@ -109,7 +109,7 @@ class Interrupted(Exception):
 
 
 def accuracy(model: nn.Module, cfg) -> float:
-    task = build_task(cfg.dataset, cfg.protocol, cfg.backbone.image_size, cfg.backbone.interpolation)
+    task = build_task(cfg.dataset, cfg.protocol, cfg.pipeline, cfg.backbone.image_size)
     x = (task.eval.images.float() / 255 - 0.5) / 0.5
     with torch.no_grad():
         return 100.0 * (model(x).argmax(-1) == task.eval.labels).sum().item() / len(task.eval)

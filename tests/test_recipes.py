@@ -36,7 +36,9 @@ def test_recipe_resolves_for_every_task_or_names_the_open_value(recipe):
 def test_ssf_vtab_is_the_papers_per_task_recipe():
     cfg = compose(["experiment=ssf_vtab", "dataset=vtab/clevr_dist"])
     assert (cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.drop_path) == (5e-2, 5e-2, 0.1)
-    assert cfg.backbone.model_name == "vit_base_patch16_224.augreg_in21k" and list(cfg.backbone.mean) == [0.5] * 3
+    assert cfg.backbone.model_name == "vit_base_patch16_224.augreg_in21k"
+    assert cfg.pipeline.name == "vtab_ssf" and list(cfg.pipeline.mean) == [0.5] * 3
+    assert cfg.pipeline.train.kind == "none"
     assert (cfg.epochs, cfg.scheduler.cooldown_epochs, cfg.batch_size) == (110, 10, 64)
 
 
@@ -58,7 +60,7 @@ def test_baseline_recipes_share_r_noah():
     for recipe, label in (("lora_vtab", "lora"), ("adapter_vtab", "adapter"), ("adaptformer_vtab", "adaptformer")):
         cfg = compose([f"experiment={recipe}", "dataset=vtab/dtd"])
         assert cfg.run_name == label and cfg.drop_path == 0.1 and cfg.optimizer.lr == 1e-3
-        assert list(cfg.backbone.mean) == [0.485, 0.456, 0.406]
+        assert cfg.pipeline.name == "vtab_noah" and list(cfg.pipeline.mean) == [0.485, 0.456, 0.406]
     assert compose(["experiment=adaptformer_vtab"]).method.bottleneck == 8
     assert compose(["experiment=vpt_vtab", "dataset=vtab/sun397"]).method.prompt_length == 5
 
@@ -71,6 +73,7 @@ def test_recipe_values_the_papers_did_not_publish_stop_with_one_line():
         build_adaptation(compose(["experiment=spt_vtab", "dataset=vtab/dtd"]))
     cfg = compose(["experiment=sct_vtab", "dataset=vtab/clevr_dist"])
     assert (cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.label_smoothing) == (0.0018, 0.005, 0.0)
-    assert cfg.weight_decay_1d and cfg.drop_path == 0.1 and cfg.backbone.normalisation == "imagenet"
+    assert cfg.weight_decay_1d and cfg.drop_path == 0.1 and cfg.pipeline.normalisation == "imagenet"
+    assert (cfg.pipeline.name, cfg.pipeline.train.kind) == ("vtab_noah_randaugment", "flip_randaugment")
     cfg = compose(["experiment=e2vpt_vtab", "dataset=vtab/caltech101"])
     assert (cfg.method.prompt_tokens, cfg.method.kv_tokens) == (32, 5)

@@ -13,7 +13,7 @@ from runners.trainer import Trainer
 
 
 def trainer_for(cfg, tmp_path) -> Trainer:
-    task = build_task(cfg.dataset, cfg.protocol, cfg.backbone.image_size, cfg.backbone.interpolation,
+    task = build_task(cfg.dataset, cfg.protocol, cfg.pipeline, cfg.backbone.image_size,
                       DecodeCache(cfg.data.cache_dir))
     model = build_backbone(cfg.backbone, task.num_classes)
     adaptation = build_adaptation(cfg)
