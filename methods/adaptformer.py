@@ -20,14 +20,9 @@ import torch
 from torch import nn
 
 from methods import register_method
-from methods.base import Method, MethodError, choice, freeze_backbone, head_module
+from methods.base import Method, MethodError, choice, freeze_backbone, head_name
 from methods.layers import Bottleneck, ParallelAdapter, block_width, transformer_blocks
 from methods.tuners import Tuner
-
-
-def head_name(model: nn.Module) -> str:
-    head = head_module(model)
-    return next(n for n, m in model.named_modules() if m is head)
 
 
 class NormedHead(Tuner):

@@ -177,6 +177,12 @@ def head_module(model: nn.Module) -> nn.Module:
     return model.get_classifier()
 
 
+def head_name(model: nn.Module) -> str:
+    """The classifier's module name in `model` (`head`, `head.fc`, …)."""
+    head = head_module(model)
+    return next(n for n, m in model.named_modules() if m is head)
+
+
 def head_parameter_ids(model: nn.Module) -> set[int]:
     return {id(p) for p in head_module(model).parameters()}
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from methods.base import Method, MethodError, head_module
+from methods.base import Method, MethodError, head_module, head_name
 from methods.techniques import Technique
 from methods.tuners import tuners
 
@@ -102,7 +102,7 @@ class OneBit(Technique):
                 if isinstance(m, nn.Linear) and not name.startswith("base") and m.weight.requires_grad:
                     found.append((f"{prefix}.{name}" if prefix else name, m, self.bits))
         if self.bi_head:
-            found.append((next(n for n, m in model.named_modules() if m is head), head, 1))
+            found.append((head_name(model), head, 1))
         return found
 
     def apply(self, model: nn.Module, method: Method) -> None:
