@@ -1,9 +1,12 @@
-"""User errors: one line that says what to do, exit code 2, no traceback."""
+"""User errors: one line that says what to do, exit code 2, no traceback. Interrupts: one line, exit 130 (Ctrl-C)
+or 143 (SIGTERM), the run resumable from its last checkpoint."""
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,9 +19,7 @@ from hydra.errors import (
 )
 from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue, OmegaConfBaseException
 
-from data.task import DataError
-from methods.base import MethodError
-from runners.config import CONF_DIR
+from runners.overrides import ConfigError, all_keys, group_options, suggest
 
 EXIT_USER_ERROR = 2
 
@@ -27,17 +28,45 @@ class UserError(Exception):
     """A run cannot start as configured; the message is the one line shown to the user."""
 
 
-def _options(group: str) -> list[str]:
-    """Every option of a config group, nested ones as `vtab/cifar`; `_`-prefixed bases left out."""
-    folder = CONF_DIR / group
-    return sorted(str(p.relative_to(folder).with_suffix("")) for p in folder.rglob("*.yaml")
-                  if not p.name.startswith("_"))
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's cancel, `kill`), raised like Ctrl-C's KeyboardInterrupt so that every `finally` runs."""
+
+    exit_code = 128 + signal.SIGTERM
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+# Filesystem failures the user fixes (a full disk, a read-only or someone else's folder), with what to do.
+_OS_HINTS = {
+    errno.ENOSPC: "free space there, or point paths.runs / data.cache_dir to a disk with room",
+    errno.EDQUOT: "free space within your quota, or point paths.runs / data.cache_dir elsewhere",
+    errno.EROFS: "point paths.runs / data.cache_dir to a writable folder",
+    errno.EACCES: "fix its permissions, or point paths.runs / data.cache_dir / paths.data_dir elsewhere",
+    errno.EPERM: "fix its permissions, or point paths.runs / data.cache_dir / paths.data_dir elsewhere",
+}
+
+
+def _unknown_key(key: str) -> str:
+    """`epoch=5`: Hydra's hint (+epoch=5) would add a key nothing reads; suggest the key that exists instead."""
+    from runners.config import compose
+
+    try:
+        keys = all_keys(compose())
+    except Exception:  # the suggestion is a courtesy; the message stands without it
+        keys = []
+    return f"unknown key '{key}'{suggest(key, keys)}; 'python train.py --cfg job' lists the keys"
 
 
 def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.errno in _OS_HINTS:
+        return f"{exc.filename}: {exc.strerror}; {_OS_HINTS[exc.errno]}"
     if isinstance(exc, MissingConfigException) and exc.options is not None:
         group, choice = (exc.missing_cfg_file or "").split("/", 1)
-        return f"unknown {group} '{choice}'; choose one of: {', '.join(_options(group))}"
+        return f"unknown {group} '{choice}'; choose one of: {', '.join(group_options(group))}"
+    if isinstance(exc, ConfigCompositionException) and (found := re.match(r"Could not override '([^']+)'", str(exc))):
+        return _unknown_key(found.group(1))
     if isinstance(exc, InterpolationToMissingValueError):
         found = re.search(r"Missing mandatory value: (\S+)", str(exc))
         source = found.group(1) if found else "a value"
@@ -52,11 +81,15 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("    "))
 
 
-USER_ERRORS = (UserError, DataError, MethodError, MissingConfigException, ConfigCompositionException,
-               OverrideParseException, MissingMandatoryValue, InterpolationToMissingValueError)
+CONFIG_ERRORS = (MissingConfigException, ConfigCompositionException, OverrideParseException, MissingMandatoryValue,
+                 InterpolationToMissingValueError)
 
 
-OWN_ERRORS = (UserError, DataError, MethodError)
+def _own_errors() -> tuple[type[Exception], ...]:
+    from data.task import DataError  # here, so that importing this module (train.py --help) imports no torch
+    from methods.base import MethodError
+
+    return UserError, ConfigError, DataError, MethodError
 
 
 def user_cause(exc: BaseException) -> BaseException | None:
@@ -66,11 +99,18 @@ def user_cause(exc: BaseException) -> BaseException | None:
     while current is not None and all(current is not c for c in chain):
         chain.append(current)
         current = current.__cause__ or current.__context__
-    for kinds in (OWN_ERRORS, USER_ERRORS):
+    own = _own_errors()
+    for kinds in (own, (*own, *CONFIG_ERRORS)):
         found = next((c for c in chain if isinstance(c, kinds)), None)
         if found is not None:
             return found
-    return None
+    return next((c for c in chain if isinstance(c, OSError) and c.errno in _OS_HINTS and c.filename), None)
+
+
+def describe(exc: BaseException) -> str | None:
+    """The one line for a user error behind `exc`; None for anything else (a bug: its traceback is wanted)."""
+    cause = user_cause(exc)
+    return None if cause is None else _one_line(cause)
 
 
 @contextmanager
@@ -79,15 +119,22 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except (Exception, InstantiationException) as exc:
-        cause = user_cause(exc)
-        if cause is None:
+        line = describe(exc)
+        if line is None:
             raise
-        print(f"error: {_one_line(cause)}", file=sys.stderr)
+        print(f"error: {line}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
 
 
 def guard(main: Callable[[], object]) -> None:
-    """Run an entry point (Hydra's included) under `user_errors`."""
+    """Run an entry point (Hydra's included) under `user_errors`; Ctrl-C and SIGTERM end it with one line (where
+    the run stopped, set by the trainer as the interrupt's `where`) and exit code 130 or 143."""
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # let composition errors reach us instead of Hydra's report
-    with user_errors():
-        main()
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        with user_errors():
+            main()
+    except KeyboardInterrupt as exc:
+        where = getattr(exc, "where", None)
+        print(f"interrupted{f' at {where}' if where else ''}; rerun the same command to resume", file=sys.stderr)
+        sys.exit(getattr(exc, "exit_code", 128 + signal.SIGINT))

@@ -64,7 +64,11 @@ def _existing(run_dir: Path, digest: str) -> RunOutcome | None:
     path = run_dir / METRICS
     if not path.exists():
         return None
-    metrics = RunOutcome(json.loads(path.read_text()), "done")
+    try:
+        metrics = RunOutcome(json.loads(path.read_text()), "done")
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is damaged ({str(e)[:80]}); look at it, then move it away or rerun with force=true "
+                        f"to run again") from None
     old = metrics.get("provenance", {}).get("config_hash")
     differs = "" if old == digest else (f" (its config {old} differs from this one, {digest}: set run_name=... "
                                         f"for a separate run, or force=true to replace it)")
@@ -111,7 +115,7 @@ def _read_plan(run_dir: Path, digest: str) -> dict | None:
         return None
     try:
         saved = json.loads(path.read_text())
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise UserError(f"{path} is damaged; rerun with force=true to start the run over") from None
     if saved.get("config_hash") != digest:
         raise UserError(f"{path} belongs to a run with another config ({saved.get('config_hash')} vs {digest}); "
@@ -193,6 +197,7 @@ def _train_and_report(cfg: DictConfig, run_dir: Path, digest: str, lock: RunLock
             "method": adaptation.method.name,
             "method_label": adaptation.label,
             "run_name": cfg.run_name,
+            "hparams": cfg.paths.hparams,  # the overrides that made this run's folder ('' for the recipe's values)
             "backbone": bb.name,
             "seed": cfg.seed,
             "protocol": cfg.protocol,

@@ -87,6 +87,7 @@ def read_run(path: Path) -> dict:
         return {
             "path": path, "benchmark": benchmark, "column": column, "replicate": replicate,
             "method": m.get("method_label", m["method"]), "run_name": m.get("run_name") or m["method"],
+            "hparams": m.get("hparams") or "",
             "backbone": m["backbone"], "protocol": m.get("protocol", "final"), "top1": float(m["top1"]),
             "params_without_head": int(params["trainable_without_head"]),
             "params_with_head": int(params["trainable_with_head"]), "stored_bytes": int(m["stored_bytes"]),
@@ -203,9 +204,10 @@ def _num(value) -> float | None:
 
 @dataclass
 class Row:
-    """Our runs that share run_name, backbone and protocol."""
+    """Our runs that share run_name, hyper-parameter overrides, backbone and protocol."""
 
     run_name: str
+    hparams: str
     backbone: str
     protocol: str
     runs: pd.DataFrame
@@ -257,16 +259,17 @@ def aggregate(runs: pd.DataFrame, bench: Benchmark) -> tuple[list[Row], pd.DataF
     """Rows of `bench` (known methods in the published order, then by name) and the runs of columns it lacks."""
     inside = runs["column"].isin(bench.tasks)
     ignored, runs = runs[~inside], runs[inside]
-    repeats = runs[runs.duplicated(["run_name", "backbone", "protocol", "column", "replicate"], keep=False)]
+    keys = ["run_name", "hparams", "backbone", "protocol"]
+    repeats = runs[runs.duplicated([*keys, "column", "replicate"], keep=False)]
     if not repeats.empty:
         a, b = repeats["path"].iloc[0], repeats["path"].iloc[1]
         first = repeats.iloc[0]
         raise UserError(f"two runs of {first.run_name} on {first.column} ({first.replicate}): {a} and {b}; give one "
                         f"another run_name or move it out of the folder")
     order = {m: i for i, m in enumerate(method_order())}
-    rows = [Row(*key, group) for key, group in runs.groupby(["run_name", "backbone", "protocol"], sort=False)]
-    rows.sort(key=lambda r: (order.get(r.run_name, order.get(r.method, len(order))), r.run_name, r.backbone,
-                             r.protocol))
+    rows = [Row(*key, group) for key, group in runs.groupby(keys, sort=False)]
+    rows.sort(key=lambda r: (order.get(r.run_name, order.get(r.method, len(order))), r.run_name, r.hparams,
+                             r.backbone, r.protocol))
     return rows, ignored
 
 
@@ -375,6 +378,8 @@ class Results:
 
 def row_label(row: Row, rows: Sequence[Row]) -> str:
     label = row.run_name
+    if len({r.hparams for r in rows}) > 1:
+        label += f" · {row.hparams.rsplit('-', 1)[0] if row.hparams else 'defaults'}"
     if len({r.backbone for r in rows}) > 1:
         label += f" · {row.backbone}"
     if len({r.protocol for r in rows}) > 1:
@@ -566,7 +571,8 @@ def to_csv(results: Results) -> str:
         if line.kind == "published":
             record.update(method=pub.method, weights=pub.backbone_weights, source=pub.source)
         else:
-            record.update(method=row.method, run_name=row.run_name, backbone=row.backbone, protocol=row.protocol,
+            record.update(method=row.method, run_name=row.run_name, hparams=row.hparams, backbone=row.backbone,
+                          protocol=row.protocol,
                           weights=row.tags("weights") if line.kind == "ours" else "",
                           source="vpeft" if line.kind == "ours" else f"ours - [{line.ref}]")
         record["seeds"] = line.seeds
@@ -581,8 +587,9 @@ def to_csv(results: Results) -> str:
                           gmacs_per_image=runs["gmacs_per_image"].mean(), stored_bytes=runs["stored_bytes"].mean())
         record["notes"] = "; ".join(line.flags)
         records.append(record)
-    columns = ["label", "kind", "method", "run_name", "backbone", "protocol", "weights", "source", "seeds", *keys,
-               "params_m_without_head", "params_m_with_head", "params_m_head_unstated", *(f"{k}_std" for k in keys),
+    columns = ["label", "kind", "method", "run_name", "hparams", "backbone", "protocol", "weights", "source", "seeds",
+               *keys, "params_m_without_head", "params_m_with_head", "params_m_head_unstated",
+               *(f"{k}_std" for k in keys),
                "train_images_per_s", "peak_memory_mib", "peak_memory_kind", "gmacs_per_image", "stored_bytes", "notes"]
     buffer = io.StringIO()
     pd.DataFrame(records, columns=columns).round(6).to_csv(buffer, index=False, lineterminator="\n")

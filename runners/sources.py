@@ -73,7 +73,7 @@ class UpstreamRun:
         return cfg
 
     def load(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        from runners.run import run
+        from runners.job import run
 
         cfg = self.config()
         metrics = run(cfg)

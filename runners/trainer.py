@@ -1,17 +1,21 @@
 """The training loop: per-iteration schedule, bf16 autocast on CUDA, checkpoint every epoch, resume.
 
 No per-step host synchronisation: losses and logged values accumulate on the device and are read once per
-epoch. The method's and techniques' hooks see every step (`extra_loss`) and every epoch (`on_epoch_end`,
-which may restart the optimizer and schedule).
+epoch — which is also where a diverged run (a non-finite loss in any step) is stopped, before its checkpoint is
+written. The method's and techniques' hooks see every step (`extra_loss`) and every epoch (`on_epoch_end`,
+which may restart the optimizer and schedule). Ctrl-C or SIGTERM leaves the last epoch's checkpoint, and the
+interrupt says where it stopped.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import math
 import random
 import sys
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -181,7 +185,13 @@ class Trainer:
         path = self._checkpoint_path()
         if not path.exists():
             return None
-        state = torch.load(path, map_location=self.device, weights_only=True)
+        try:
+            with warnings.catch_warnings():  # a damaged file may look like another pickle protocol
+                warnings.simplefilter("ignore")
+                state = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as e:  # any failure to read back what this runner wrote: the file is damaged
+            raise UserError(f"{path} is damaged ({str(e).strip().splitlines()[0][:80]}); rerun with force=true to "
+                            f"start the run over") from None
         if state["config_hash"] != self.config_hash:
             raise UserError(f"{path} belongs to a run with another config ({state['config_hash']} vs "
                             f"{self.config_hash}); rerun with force=true to start over, or set run_name=...")
@@ -240,37 +250,61 @@ class Trainer:
         start, step = (state["epoch"], state["step"]) if state else (0, 0)
         seconds, images = (state["train_seconds"], state["train_images"]) if state else (0.0, 0)
         curve = list(state["curve"]) if state else []
-        per_epoch = self.train_loader.images_per_epoch
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-        with Progress(*columns, disable=not sys.stderr.isatty(), transient=True) as progress:
-            bar = progress.add_task(f"{self.method_name} · {self.task.name}", total=epochs * len(self.train_loader),
-                                    completed=step)
-            for epoch in range(start, epochs):
-                self._sync()
-                t0 = time.perf_counter()
-                epoch_log = _EpochLog()
-                step = self._train_epoch(epoch, step, progress, bar, epoch_log)
-                self._sync()
-                seconds += time.perf_counter() - t0
-                images += per_epoch
-                values = {**epoch_log.means(), "train/lr": self.optimizer.param_groups[-1]["lr"], "epoch": epoch + 1}
-                done = epoch + 1
-                ctx = EpochContext(done, epochs, step, self.optimizer, self.scheduler,
-                                   lambda name, value, _v=values: _v.__setitem__(f"train/{name}", value),
-                                   lambda plan=None, _e=done, _s=step: self.restart(_e, _s, plan),
-                                   self.on_plan, self.data, self.loss_fn)
-                for hook in self.adaptation.hooks:
-                    hook.on_epoch_end(self.model, ctx)
-                if self.cfg.eval_every and done % self.cfg.eval_every == 0 and done != epochs:
-                    top1 = self.evaluate()
-                    curve.append({"epoch": done, "top1": top1})
-                    values[f"eval/top1_{self.task.eval.name}"] = top1
-                self.logger.log(values, step=step)
-                progress.update(bar, description=f"{self.method_name} · {self.task.name} · epoch {done} "
-                                                 f"· loss {values['train/loss']:.3f}")
-                self._save_checkpoint(done, step, seconds, images, curve)
-                self.heartbeat()
+        terminal = sys.stderr.isatty()
+        epoch = start
+        try:
+            with Progress(*columns, disable=not terminal, transient=True) as progress:
+                bar = progress.add_task(f"{self.method_name} · {self.task.name}",
+                                        total=epochs * len(self.train_loader), completed=step)
+                for epoch in range(start, epochs):
+                    step, seconds, images = self._epoch(epoch, step, seconds, images, curve, progress, bar, terminal)
+        except KeyboardInterrupt as interrupt:
+            interrupt.where = f"epoch {epoch + 1}/{epochs} of {self.run_dir}"
+            raise
         return FitResult(train_seconds=seconds, train_images=images, steps=step, curve=curve)
+
+    def _epoch(self, epoch: int, step: int, seconds: float, images: int, curve: list, progress: Progress, bar,
+               terminal: bool) -> tuple[int, float, int]:
+        """One epoch, its hooks, log and checkpoint; (step, train seconds, train images) after it."""
+        epochs = self.cfg.epochs
+        self._sync()
+        t0 = time.perf_counter()
+        epoch_log = _EpochLog()
+        step = self._train_epoch(epoch, step, progress, bar, epoch_log)
+        self._sync()
+        took = time.perf_counter() - t0
+        seconds += took
+        images += self.train_loader.images_per_epoch
+        values = {**epoch_log.means(), "train/lr": self.optimizer.param_groups[-1]["lr"], "epoch": epoch + 1}
+        done = epoch + 1
+        if not (math.isfinite(values["train/loss"]) and self._weights_finite()):
+            raise UserError(f"training diverged in epoch {done}/{epochs} (loss {values['train/loss']}); lower "
+                            f"optimizer.lr (now {self.cfg.optimizer.lr}) or set grad_clip=1.0, then rerun")
+        ctx = EpochContext(done, epochs, step, self.optimizer, self.scheduler,
+                           lambda name, value, _v=values: _v.__setitem__(f"train/{name}", value),
+                           lambda plan=None, _e=done, _s=step: self.restart(_e, _s, plan),
+                           self.on_plan, self.data, self.loss_fn)
+        for hook in self.adaptation.hooks:
+            hook.on_epoch_end(self.model, ctx)
+        if self.cfg.eval_every and done % self.cfg.eval_every == 0 and done != epochs:
+            top1 = self.evaluate()
+            curve.append({"epoch": done, "top1": top1})
+            values[f"eval/top1_{self.task.eval.name}"] = top1
+        self.logger.log(values, step=step)
+        if not terminal:  # a log file or a SLURM log: one line per epoch instead of the progress bar
+            log.info("epoch %d/%d · loss %.4f · lr %.3g · %.0f images/s", done, epochs, values["train/loss"],
+                     values["train/lr"], self.train_loader.images_per_epoch / max(took, 1e-9))
+        progress.update(bar, description=f"{self.method_name} · {self.task.name} · epoch {done} "
+                                         f"· loss {values['train/loss']:.3f}")
+        self._save_checkpoint(done, step, seconds, images, curve)
+        self.heartbeat()
+        return step, seconds, images
+
+    def _weights_finite(self) -> bool:
+        """Every trainable tensor finite (one reduction, read with the epoch's log)."""
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        return bool(torch.stack([torch.isfinite(p).all() for p in params]).all())
 
     @torch.inference_mode()
     def evaluate(self, model: nn.Module | None = None) -> float:

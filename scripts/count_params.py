@@ -19,8 +19,8 @@ import torch
 from runners import compose
 from runners.backbone import build_backbone
 from runners.errors import guard
+from runners.job import build_adaptation
 from runners.report import count_params, gmacs_at_size
-from runners.run import build_adaptation
 
 
 def main() -> None:

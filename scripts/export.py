@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from timm.models import save_for_hf
 
 from runners.errors import guard
-from runners.run import load_run
+from runners.job import load_run
 
 
 def export(run_dir: str | Path, out: str | Path | None = None) -> Path:

@@ -47,7 +47,9 @@ def test_vtab_run_end_to_end(tmp_path, data_dir, tiny_cfg):
                            f"paths.cache_dir={tmp_path / 'cache'}"))
     assert metrics["task"] == "dtd" and metrics["benchmark"] == "vtab" and metrics["group"] == "Natural"
     assert metrics["provenance"]["data_format"] == "NOAH vtab-1k list files (jpg)"
-    assert Path(metrics["config"]["paths"]["run_dir"]).parts[-5:] == ("vtab", "dtd", "linear", "vit_test", "seed42")
+    run_dir = Path(metrics["config"]["paths"]["run_dir"]).relative_to(metrics["config"]["paths"]["runs"])
+    assert run_dir.parts[:4] == ("vtab", "dtd", "linear", "vit_test") and run_dir.name == "seed42"
+    assert run_dir.parts[4].startswith("dataset.num_classes@4+epochs@2+")
 
 
 def test_images_are_decoded_once(tmp_path, data_dir, monkeypatch):

@@ -9,7 +9,7 @@ import timm
 import torch
 
 from runners import run
-from runners.run import load_run
+from runners.job import load_run
 from scripts.export import export
 from tests.conftest import run_cli
 

@@ -16,7 +16,7 @@ from data import build_task
 from methods.base import EpochContext, Method, StepContext, freeze_backbone
 from methods.tuners import Tuner
 from runners import run
-from runners.run import load_run
+from runners.job import load_run
 from runners.trainer import Trainer
 from tests.conftest import run_cli
 
@@ -195,7 +195,7 @@ def test_init_run_starts_exactly_from_the_source_runs_modules(tiny_cfg, monkeypa
     lora = [k for k in weights if "lora_" in k]
     assert lora and all(torch.equal(first[k], weights[k]) for k in lora)
     assert not torch.equal(first["head.weight"], weights["head.weight"])  # the head starts fresh
-    assert metrics["method_label"] == "lora+init" and Path(cfg.paths.run_dir).parts[-3] == "lora+init"
+    assert metrics["method_label"] == "lora+init" and Path(cfg.paths.run_dir).parts[-4] == "lora+init"
     provenance = metrics["provenance"]["techniques"]["init"]
     assert provenance["source_config_hash"] == source["provenance"]["config_hash"]
     assert provenance["source_where"] == str(source_dir)

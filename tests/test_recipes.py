@@ -67,7 +67,7 @@ def test_baseline_recipes_share_r_noah():
 
 def test_recipe_values_the_papers_did_not_publish_stop_with_one_line():
     from methods import MethodError
-    from runners.run import build_adaptation
+    from runners.job import build_adaptation
 
     with pytest.raises(MethodError, match="method.budget is not set"):
         build_adaptation(compose(["experiment=spt_vtab", "dataset=vtab/dtd"]))

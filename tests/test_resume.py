@@ -63,6 +63,30 @@ def test_checkpoint_of_another_config_is_refused(tiny_cfg, monkeypatch):
     with pytest.raises(Interrupted):
         run(cfg)
     monkeypatch.setattr(Trainer, "_save_checkpoint", save)
+    other = tiny_cfg("method=ssf", "epochs=3")
+    other.optimizer.lr = 0.01  # the same folder with another config (a recipe edited since)
     with pytest.raises(UserError, match="another config"):
-        run(tiny_cfg("method=ssf", "epochs=3", "optimizer.lr=0.01"))
-    assert run(tiny_cfg("method=ssf", "epochs=3", "optimizer.lr=0.01", "force=true"))["epochs"] == 3
+        run(other)
+    other.force = True
+    assert run(other)["config"]["optimizer"]["lr"] == 0.01
+
+
+def test_crash_at_evaluation_resumes_once_fixed(tiny_cfg, monkeypatch):
+    """Training finished, evaluation failed (say, out of memory at eval_batch_size=256): the rerun with a smaller
+    eval_batch_size uses the same folder and checkpoint, and only evaluates."""
+    cfg = tiny_cfg("method=ssf", "epochs=2")
+
+    def out_of_memory(self, model=None):
+        raise MemoryError("eval batch too large")
+
+    monkeypatch.setattr(Trainer, "evaluate", out_of_memory)
+    with pytest.raises(MemoryError):
+        run(cfg)
+    assert torch.load(Path(cfg.paths.run_dir) / "checkpoint.pt", weights_only=True)["epoch"] == 2
+    monkeypatch.undo()
+
+    fixed = tiny_cfg("method=ssf", "epochs=2", "eval_batch_size=8")
+    assert fixed.paths.run_dir == cfg.paths.run_dir
+    outcome = run(fixed)
+    assert outcome.status == "resumed" and outcome["train_seconds"] > 0
+    assert not (Path(cfg.paths.run_dir) / "checkpoint.pt").exists()

@@ -6,7 +6,7 @@ import json
 import logging
 from pathlib import Path
 
-from runners import run
+from runners import compose, run
 from tests.conftest import run_cli
 
 
@@ -15,16 +15,21 @@ def test_finished_run_is_skipped_unless_forced(tiny_cfg, caplog):
     first = run(cfg)
     metrics = Path(cfg.paths.run_dir) / "metrics.json"
     stamp = metrics.stat().st_mtime_ns
-    with caplog.at_level(logging.INFO, logger="runners.run"):
+    with caplog.at_level(logging.INFO, logger="runners.job"):
         again = run(cfg)
     assert again == json.loads(metrics.read_text()) and again["top1"] == first["top1"]
     assert metrics.stat().st_mtime_ns == stamp
     assert [r.message for r in caplog.records if r.message.startswith("skipped")] == [
         f"skipped: {cfg.paths.run_dir} already has metrics.json"]
 
+    other = tiny_cfg("method=linear", "optimizer.lr=0.05")  # another hyper-parameter: another folder, a new run
+    assert Path(other.paths.run_dir).parent.name.startswith("epochs@2+optimizer.lr@0.05+scheduler.warmup_epochs@1-")
+    assert run(other)["config"]["optimizer"]["lr"] == 0.05
+
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="runners.run"):
-        run(tiny_cfg("method=linear", "optimizer.lr=0.05"))  # same directory, other config: said so
+    cfg.optimizer.lr = 0.5  # the same folder with another config (a recipe edited since): said so, not rerun
+    with caplog.at_level(logging.INFO, logger="runners.job"):
+        assert run(cfg)["top1"] == first["top1"]
     assert any("differs from this one" in r.message and "run_name=" in r.message for r in caplog.records)
 
     run(tiny_cfg("method=linear", "force=true"))
@@ -36,6 +41,55 @@ def test_tune_protocol_trains_on_train800_and_evaluates_val200(tiny_run):
     assert metrics["provenance"]["train_split"] == "train800" and metrics["provenance"]["train_images"] == 800
     assert metrics["provenance"]["eval_split"] == "val200" and metrics["provenance"]["eval_images"] == 200
     assert Path(metrics["config"]["paths"]["run_dir"]).name == "tune-seed42"
+
+
+def test_hyper_parameter_folder(tiny_cfg):
+    """Only overrides that change the result and are not path pieces name the folder; equal values, one folder."""
+    def level(*overrides: str) -> str:
+        cfg = tiny_cfg(*overrides)
+        return Path(cfg.paths.run_dir).relative_to(cfg.paths.runs).parts[4]
+
+    assert level("optimizer.lr=1e-2") == level("optimizer.lr=0.01") != level("optimizer.lr=0.02")
+    assert level() == level("eval_batch_size=7", "device=cpu", "data.decode_workers=3", "logger=none", "seed=3",
+                            "eval_every=1", "flops_images=3", "force=true")  # not results, or path pieces
+    assert level("method=vpt", "method.mode=shallow") == level("method=vpt")  # the label vpt_shallow says it
+    assert level("method=vpt", "method.prompt_length=5").startswith("epochs@2+method.prompt_length@5+")
+    assert level("optimizer=sgd").startswith("epochs@2+optimizer@sgd+")
+    long = level(*(f"optimizer.betas=[0.{i}, 0.999]" for i in range(1, 2)), "optimizer.weight_decay=0.123456789",
+                 "label_smoothing=0.1", "drop_path=0.2", "grad_clip=3.5", "weight_decay_1d=true")
+    assert len(long) <= 64 + 9 and "/" not in long
+    untouched = compose(["dataset=digits", "backbone=vit_test", "logger=none"])
+    assert Path(untouched.paths.run_dir).parts[-4:] == ("digits", "ssf", "vit_test", "seed42")  # no level
+
+
+def test_hyper_parameter_sweep_runs_every_point_and_a_rerun_skips_them(tmp_path):
+    common = ["-m", "protocol=tune", "optimizer.lr=1e-3,1e-2,1e-1", "method=linear", "dataset=digits",
+              "backbone=vit_test", "logger=none", "epochs=1", f"paths.runs={tmp_path / 'runs'}"]
+    out = run_cli("train.py", *common, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    found = sorted(json.loads(p.read_text())["config"]["optimizer"]["lr"] for p in tmp_path.rglob("metrics.json"))
+    assert found == [1e-3, 1e-2, 1e-1] and "sweep: 3 runs — 3 new" in out.stdout
+    again = run_cli("train.py", *common, cwd=tmp_path)
+    assert again.returncode == 0 and "sweep: 3 runs — 3 done before" in again.stdout, again.stdout
+
+
+def test_a_failing_run_does_not_stop_the_sweep(tmp_path):
+    """Four runs, one diverging: three finish, the summary names the failed run's log, the exit code is 1; fixing
+    that run's lr reruns only it."""
+    common = ["-m", "method=ssf", "dataset=digits", "backbone=vit_test", "logger=none", "epochs=1",
+              f"paths.runs={tmp_path / 'runs'}"]
+    out = run_cli("train.py", *common, "optimizer.lr=1e-3,1e-2,1e6,1e-1", cwd=tmp_path)
+    assert out.returncode == 1, out.stderr
+    assert len(list(tmp_path.rglob("metrics.json"))) == 3
+    summary = next(line for line in out.stdout.splitlines() if "sweep: 4 runs" in line)
+    assert "3 new, 1 failed: " in summary and "optimizer.lr@1000000.0-" in summary and summary.endswith("train.log")
+    log = Path(summary.rsplit(": ", 1)[1])
+    assert "training diverged in epoch 1/1" in log.read_text()
+    assert "Traceback" not in out.stdout + out.stderr
+
+    again = run_cli("train.py", *common, "optimizer.lr=1e-3,1e-2,1e-4,1e-1", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "sweep: 4 runs — 3 done before, 1 new" in again.stdout
 
 
 def test_eval_every_adds_a_curve_but_reports_the_final_epoch(tiny_run):
@@ -52,12 +106,12 @@ def test_train_py_single_run_and_multirun_from_another_folder(tmp_path):
               f"paths.runs={runs}"]
     out = run_cli("train.py", "method=bitfit", *common, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert (runs / "digits/digits/bitfit/vit_test/seed42/metrics.json").exists()
+    (metrics,) = (runs / "digits/digits/bitfit/vit_test").glob("epochs@1+scheduler.warmup_epochs@0-*/seed42/metrics.*")
 
     out = run_cli("train.py", "-m", "method=bitfit,linear", *common, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "skipped" in out.stdout + out.stderr  # bitfit was done above
-    assert sorted(p.parts[-4] for p in runs.rglob("metrics.json")) == ["bitfit", "linear"]
+    assert sorted(p.parts[-5] for p in runs.rglob("metrics.json")) == ["bitfit", "linear"]
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
 
 

@@ -7,7 +7,7 @@ import torch
 
 from data import DecodeCache, build_task
 from runners.backbone import build_backbone
-from runners.run import build_adaptation
+from runners.job import build_adaptation
 from runners.schedule import cosine_with_warmup
 from runners.trainer import Trainer
 
