@@ -5,10 +5,14 @@ from __future__ import annotations
 import logging
 import sys
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import timm
 import torch
+from huggingface_hub import HfApi, try_to_load_from_cache
+from huggingface_hub import constants as hub_constants
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -17,6 +21,8 @@ from runners.errors import UserError
 log = logging.getLogger(__name__)
 
 CHECKPOINT_SUFFIXES = (".npz", ".safetensors", ".pth", ".pt", ".bin", ".tar")
+HUB_PROBE_TIMEOUT = 5  # seconds for the one request that tells whether the hub answers at all
+HUB_LOGGERS = ("huggingface_hub", "httpx", "httpx2", "urllib3")  # their retry warnings and request lines
 
 
 def weights_tag(backbone: DictConfig) -> str:
@@ -61,14 +67,51 @@ def build_backbone(backbone: DictConfig, num_classes: int, drop_path: float = 0.
         model = timm.create_model(name, pretrained=False, **kwargs)
         load_state_dict_file(model, checkpoint, backbone.get("checkpoint_prefix"))
         return model
+    return _load_from_hub(name, kwargs)
+
+
+def _load_from_hub(name: str, kwargs: dict) -> nn.Module:
+    """timm's pretrained `name`: from the local Hugging Face cache if there, else downloaded if the hub answers.
+
+    huggingface_hub alone retries an unreachable hub for ~50 s of warnings before failing; here a missing
+    cache fails at once under HF_HUB_OFFLINE, else after one short probe, and the hub's loggers stay quiet.
+    """
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is not None and cfg.hf_hub_id:  # what timm fetches: its file override, else the safetensors
+        repo, _, revision = cfg.hf_hub_id.partition("@")
+        filename = cfg.hf_hub_filename or hub_constants.SAFETENSORS_SINGLE_FILE
+        if not isinstance(try_to_load_from_cache(repo, filename, revision=revision or None), str):
+            if hub_constants.HF_HUB_OFFLINE:
+                raise _hub_error(name, "HF_HUB_OFFLINE is set and they are not in the local cache")
+            with _quiet(HUB_LOGGERS):
+                try:
+                    HfApi().model_info(repo, revision=revision or None, timeout=HUB_PROBE_TIMEOUT)
+                except Exception as e:  # unreachable, timed out, or the repo is gone
+                    raise _hub_error(name, _first_line(e)) from e
+    with _quiet(HUB_LOGGERS):
+        try:
+            return timm.create_model(name, pretrained=True, **kwargs)
+        except Exception as e:  # the hub went away mid-download, or the cache is incomplete
+            raise _hub_error(name, _first_line(e)) from e
+
+
+def _hub_error(name: str, why: str) -> UserError:
+    return UserError(f"could not load the pretrained weights of {name} from the Hugging Face hub ({why}); "
+                     f"run once with network access or pass backbone.checkpoint=/path/to/weights"
+                     f"{' (e.g. ViT-B_16.npz)' if 'vit_base_patch16' in name else ''}")
+
+
+@contextmanager
+def _quiet(names: tuple[str, ...]) -> Iterator[None]:
+    """Only errors from these loggers while inside."""
+    levels = {lg: lg.level for lg in map(logging.getLogger, names)}
+    for lg in levels:
+        lg.setLevel(logging.ERROR)
     try:
-        return timm.create_model(name, pretrained=True, **kwargs)
-    except Exception as e:  # hub unreachable, offline mode, missing cache
-        raise UserError(
-            f"could not load the pretrained weights of {name} from the Hugging Face hub ({_first_line(e)}); "
-            f"run once with network access or pass backbone.checkpoint=/path/to/weights"
-            f"{' (e.g. ViT-B_16.npz)' if 'vit_base_patch16' in name else ''}"
-        ) from e
+        yield
+    finally:
+        for lg, level in levels.items():
+            lg.setLevel(level)
 
 
 def load_state_dict_file(model: nn.Module, path: Path, prefix: str | None = None) -> None:

@@ -144,6 +144,7 @@ def _train_and_report(cfg: DictConfig, run_dir: Path, digest: str, lock: RunLock
     seed_everything(cfg.seed, cfg.deterministic)
     device = resolve_device(cfg.device)
     bb = cfg.backbone
+    logger = instantiate(cfg.logger)  # first: a bad logger setting stops the run before any work
     cache = DecodeCache(cfg.data.cache_dir, cfg.data.decode_workers, cfg.data.skip_corrupt)
     task = build_task(cfg.dataset, cfg.protocol, cfg.pipeline, bb.image_size, cache)
     model = build_backbone(bb, task.num_classes, drop_path=cfg.drop_path).to(device)
@@ -170,7 +171,6 @@ def _train_and_report(cfg: DictConfig, run_dir: Path, digest: str, lock: RunLock
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    logger = instantiate(cfg.logger)
     logger.start(run_dir, name=str(Path(cfg.paths.run_subdir)), config=resolved)
     try:
         reset_peak_memory(device)

@@ -2,7 +2,8 @@
 
     python scripts/plot.py runs/vtab [--out FILE.png] [--published] [--benchmark vtab|fgvc|fewshot]
 
-The figure goes to `--out`, by default `<folder>/plot.png` (never the current directory).
+The figure goes to `--out` (a folder: `plot.png` inside it; no suffix: `.png` added, as matplotlib would), by
+default `<folder>/plot.png` (never the current directory).
 
 Ours are filled, published rows hollow in the same colour; VTAB-1k uses the flat 19-task mean. A row is plotted
 only when its mean is complete (every task has a run) and its parameter count is above zero (a log axis).
@@ -11,6 +12,7 @@ only when its mean is complete (every task has a run) and its parameter count is
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.backend_bases import FigureCanvasBase  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from runners.errors import UserError, guard  # noqa: E402
@@ -80,16 +83,35 @@ def plot(folder: str, out: Path, benchmark: str | None = None, published: bool =
     return skipped
 
 
+def output_path(out: str | None, folder: str) -> Path:
+    """The file the figure goes to, and that `wrote` names: `plot.png` inside `--out` if a folder (existing, or
+    ending in /), `--out` with .png if it has no suffix (where matplotlib would write it), else `--out` itself;
+    by default `<folder>/plot.png`. Checked before the work: matplotlib's error for a suffix is a traceback."""
+    if out is None:
+        return Path(folder).expanduser() / "plot.png"
+    path = Path(out).expanduser()
+    if path.is_dir() or out.endswith(("/", os.sep)):
+        return path / "plot.png"
+    if not path.suffix:
+        return path.with_suffix(".png")
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if path.suffix[1:].lower() not in formats:
+        raise UserError(f"--out {out}: matplotlib writes no {path.suffix} files; end it in one of "
+                        f"{', '.join('.' + f for f in sorted(formats))}")
+    return path
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", help="a folder searched recursively for metrics.json files")
-    parser.add_argument("--out", type=Path, default=None, help="the PNG to write (default: <folder>/plot.png)")
+    parser.add_argument("--out", help="the figure to write, e.g. fig.png or fig.pdf, or a folder for plot.png "
+                                      "(default: <folder>/plot.png)")
     parser.add_argument("--published", action="store_true", help="add the published rows (hollow markers)")
     parser.add_argument("--benchmark", help="vtab, fgvc or fewshot (default: the one benchmark the runs hold)")
     parser.add_argument("--params", choices=tuple(PARAMS), default="with_head",
                         help="our parameter count on the x axis (default with_head: linear probing has 0 without)")
     args = parser.parse_args(argv)
-    out = args.out or Path(args.folder).expanduser() / "plot.png"
+    out = output_path(args.out, args.folder)
     skipped = plot(args.folder, out, args.benchmark, args.published, args.params)
     print(f"wrote {out}")
     if skipped:
