@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help install install-data install-slurm test test-fast demo bench lint format clean
+.PHONY: help install install-data install-slurm test test-fast demo bench bench-gpu lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -30,6 +30,9 @@ demo: ## linear, BitFit, SSF and full fine-tuning on the embedded digits task, o
 bench: ## images/s of the runner against a bare timm loop (numbers in the README)
 	$(PY) scripts/bench.py runner
 	$(PY) scripts/bench.py data
+
+bench-gpu: ## on a GPU: one task, the 19-task VTAB-1k table and runs per GPU on synthetic data (numbers in the README)
+	$(PY) scripts/bench.py gpu
 
 lint: ## ruff
 	$(VENV)/bin/ruff check .

@@ -29,7 +29,7 @@ NOT_IN_RESULT = ("force", "paths", "logger", "device", "data.cache_dir", "data.d
                  "data.augment_workers", "eval_batch_size", "eval_every", "flops_images", "hydra")
 # Keys and groups the run folder's path already names (a group counts as a path piece by its choice only).
 PATH_PIECES = ("dataset", "backbone", "method", "memory", "quant", "init", "sweep", "seed", "protocol", "run_name",
-               "dataset.shots", "dataset.fewshot_seed")
+               "dataset.shots", "dataset.fewshot_seed", "dataset.like")
 _SHORT = 64  # characters of the readable part before the hash
 _UNSAFE = re.compile(r"[^A-Za-z0-9._@+-]")
 
@@ -139,7 +139,10 @@ def _in_label(cfg: DictConfig, key: str, label_of) -> bool:
     method = OmegaConf.to_container(cfg.method, resolve=True)
     without = dict(method)
     without.pop(key.split(".", 1)[1], None)
-    return label_of(method) != label_of(without)
+    try:
+        return label_of(method) != label_of(without)
+    except Exception:  # the method cannot be built without this key (a required argument): it is not a label's
+        return False
 
 
 def folder_name(values: dict[str, object]) -> str:

@@ -5,6 +5,8 @@
     python scripts/bench.py data                            # decode-once cache against PIL every epoch
     python scripts/bench.py dyt                             # DyT's token dispatch against every token, inference
     python scripts/bench.py memory                          # activation memory with and without memory=velora
+    python scripts/bench.py gpu                             # GPU: one task, the VTAB-1k table, official SSF code
+    python scripts/bench.py gpu --backbone vit_test --epochs 1 --tasks 2   # the same on CPU, in a minute
 
 `runner`: training images/s of the runner against a bare timm loop (same model, data, batch, AdamW),
 alternately `--repeats` times each, best of each kept; the ratio runner/bare is the runner's overhead
@@ -15,25 +17,41 @@ alternately `--repeats` times each, best of each kept; the ratio runner/bare is 
 epoch (as NOAH-lineage code does), with `--workers` processes. Target: later epochs ≥ 5× faster. With
 `--model`, also the share of a training step spent waiting for its batch, read through the runner's loader for
 `--pipeline` (per-sample augmentation in `--workers` processes where the pipeline has it). Target: under 5 %.
+
+`gpu`: `train.py` end to end on synthetic data in VTAB-1k's real split sizes (`dataset=synthetic`, random-init
+backbone: no dataset, no weights) — (a) one task for `--epochs`, its training loop against the bare timm loop;
+(b) the `--tasks` first tasks of the VTAB-1k table for `--table-epochs`, `n` runs at once for each `n` of
+`--runs-per-gpu` (`hydra/launcher=parallel`), the best `n` kept and the table's time projected to `--epochs`;
+(c) with `--ssf-repo`, the official SSF `train.py` on the same task, epochs and images, for the ratio of wall times.
+Wall time, images/s (training and evaluation), FLOP/s against `--peak-tflops` (bf16 dense) and peak memory.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import re
+import shlex
+import subprocess
+import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from data import DecodeCache, build_task
 from data.loader import DeviceLoader
+from data.vtab import VTAB_TASKS, vtab_task
 from methods import create_method
 from runners import compose, run
 from runners.backbone import build_backbone, resolve_device
+from runners.config import PROJECT_ROOT
 from runners.report import count_params, gmacs_at_size, gmacs_per_image, peak_memory
 
 
@@ -326,7 +344,7 @@ def _activation_bytes(model: torch.nn.Module, x: torch.Tensor, device: torch.dev
 
 def bench_memory(args: argparse.Namespace) -> None:
     """Training activation memory of each host with and without memory=velora, on the same model and batch."""
-    from runners.run import build_adaptation
+    from runners.job import build_adaptation
 
     device = resolve_device(args.device)
     size = compose([f"backbone={args.backbone}"]).backbone.image_size
@@ -346,6 +364,186 @@ def bench_memory(args: argparse.Namespace) -> None:
             saving = adaptation.techniques[0].provenance() if adaptation.techniques else {}
         print(f"{host:28s} without {row[0]:9.1f} MiB · with VeLoRA {row[1]:9.1f} MiB · {row[1] / row[0]:.3f} "
               f"({saving.get('saving')}/{saving.get('wrapped')} compressed ops save memory)")
+
+
+def _synthetic(args: argparse.Namespace, device: torch.device, epochs: int, runs: str | Path) -> list[str]:
+    """The overrides of a run on synthetic data with a random-init backbone, its folders under `runs`."""
+    return [f"backbone={args.backbone}", "backbone.pretrained=false", "backbone.checkpoint=null",
+            f"method={args.method}", "dataset=synthetic", f"epochs={epochs}", f"batch_size={args.batch_size}",
+            "logger=none", f"device={device}", f"paths.runs={runs}", f"paths.cache_dir={runs}/cache"]
+
+
+def training_flops(cfg) -> float:
+    """FLOPs of one training step per image, forward and backward as autograd runs them (frozen weights get no
+    weight gradient), counted on the meta device (no weights)."""
+    size = cfg.backbone.image_size
+    with torch.device("meta"):
+        model = build_backbone(cfg.backbone, 100, load_weights=False)
+        create_method(**cfg.method).attach(model)
+    model.train()
+    with FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, size, size, device="meta")).float().sum().backward()
+    return counter.get_total_flops()
+
+
+def timed_sweep(args: argparse.Namespace, device: torch.device, tasks: list[str], epochs: int, jobs: int,
+                train_flops: float, peak_tflops: float | None) -> dict:
+    """`train.py -m` over `tasks` (synthetic, in their sizes), `jobs` runs at once: its wall time, images/s
+    (training and evaluation) and FLOP/s over that time, the largest peak memory of a run, and the wall time
+    projected to `args.epochs` (each run's fixed costs as measured, its training time scaled)."""
+    with tempfile.TemporaryDirectory() as runs:
+        launcher = ["hydra/launcher=parallel", f"hydra.launcher.n_jobs={jobs}"] if jobs > 1 else []
+        command = [sys.executable, str(PROJECT_ROOT / "train.py"), "-m", *_synthetic(args, device, epochs, runs),
+                   f"dataset.like={','.join(tasks)}", *launcher]
+        t0 = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        metrics = [json.loads(p.read_text()) for p in Path(runs).rglob("metrics.json")]
+    if done.returncode or len(metrics) != len(tasks):
+        sys.exit(f"{shlex.join(command)} failed (exit {done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    train = sum(round(m["train_images_per_s"] * m["train_seconds"]) for m in metrics)
+    evaluated = sum(m["provenance"]["eval_images"] for m in metrics)
+    flops = train * train_flops + sum(m["provenance"]["eval_images"] * 2e9 * m["gmacs_per_image"] for m in metrics)
+    scaled = sum(m["wall_seconds"] + m["train_seconds"] * (args.epochs / epochs - 1) for m in metrics)
+    tflops = flops / wall / 1e12
+    return {"tasks": tasks, "epochs": epochs, "runs_at_once": jobs, "wall_seconds": wall,
+            "train_images": train, "eval_images": evaluated, "images_per_s": (train + evaluated) / wall,
+            "tflops_per_s": tflops, "peak_fraction": tflops / peak_tflops if peak_tflops else None,
+            "peak_memory_mib": max(m["peak_memory_mib"] for m in metrics),
+            "peak_memory_kind": metrics[0]["peak_memory_kind"],
+            "train_loop_images_per_s": train / sum(m["train_seconds"] for m in metrics),
+            "projected_wall_seconds": wall * scaled / sum(m["wall_seconds"] for m in metrics)}
+
+
+SSF_MODELS = {"vit_b16_in21k": "vit_base_patch16_224_in21k", "vit_b16_augreg_in21k": "vit_base_patch16_224_in21k"}
+SSF_DATASETS = {"cifar": "cifar100", "oxford_flowers102": "flowers102", "oxford_iiit_pet": "pets"}  # its --dataset
+# SSF's train.py imports ipdb, a debugger it never calls: a stand-in module where it is not installed.
+_SSF_MAIN = ("import runpy, sys, types\ntry:\n    import ipdb\nexcept ImportError:\n"
+             "    sys.modules['ipdb'] = types.ModuleType('ipdb')\n"
+             "sys.argv = sys.argv[1:]\nrunpy.run_path(sys.argv[0], run_name='__main__')")
+
+
+def write_noah(task: str, size: int, root: Path) -> Path:
+    """The synthetic task as JPEG files in the NOAH layout SSF reads (`train800val200.txt`, `test.txt`: `path label`
+    lines under the task's folder). A split repeats its first `DISTINCT` images, so only those are written."""
+    from PIL import Image
+
+    from data import Geometry
+    from data.synthetic import DISTINCT, SyntheticSource
+
+    source = SyntheticSource(task)
+    folder = root / "vtab-1k" / source.task.name
+    for name in ("train800val200", "test"):
+        split = source.load(name, Geometry(size))
+        (folder / "images" / name).mkdir(parents=True)
+        pixels = split.images[:DISTINCT].permute(0, 2, 3, 1).numpy()
+
+        def save(i: int, name=name, pixels=pixels) -> None:
+            Image.fromarray(pixels[i]).save(folder / "images" / name / f"{i:06d}.jpg", quality=95)
+
+        with ThreadPoolExecutor(os.cpu_count()) as pool:
+            list(pool.map(save, range(len(pixels))))
+        (folder / f"{name}.txt").write_text("".join(f"images/{name}/{i % DISTINCT:06d}.jpg {y}\n"
+                                                    for i, y in enumerate(split.labels.tolist())))
+    return folder
+
+
+def official_ssf(repo: str | Path, python: str, task: str, epochs: int, batch_size: int, size: int,
+                 model: str) -> dict:
+    """SSF's own `train.py` (dongzelian/SSF, as its `train_scripts/vit/vtab/cifar_100/train_ssf.sh` runs it, with its
+    2 GPUs × 32 as one batch of `batch_size` and random init instead of `--pretrained`) on the synthetic task, read
+    from JPEG files; its wall time, and its training images/s as its log gives them for the last epoch. As written,
+    it evaluates on the test split after every epoch and saves a checkpoint of the whole model."""
+    info = vtab_task(task)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = write_noah(info.name, size, Path(tmp))
+        test_images = len((folder / "test.txt").read_text().splitlines())
+        command = [*shlex.split(python), "-c", _SSF_MAIN, "train.py", str(folder),
+                   "--dataset", SSF_DATASETS.get(info.name, info.name), "--num-classes", str(info.num_classes),
+                   "--no-aug", "--direct-resize", "--model", model, "--batch-size", str(batch_size),
+                   "--epochs", str(epochs), "--opt", "adamw", "--weight-decay", "5e-5", "--warmup-lr", "1e-7",
+                   "--warmup-epochs", "10", "--lr", "5e-3", "--min-lr", "1e-8", "--drop-path", "0",
+                   "--img-size", str(size), "--mixup", "0", "--cutmix", "0", "--smoothing", "0",
+                   "--output", str(Path(tmp) / "output"), "--amp", "--tuning-mode", "ssf"]
+        t0 = time.perf_counter()
+        done = subprocess.run(command, cwd=repo, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+    log = done.stdout + done.stderr
+    if done.returncode:
+        sys.exit(f"the official SSF train.py failed (exit {done.returncode}):\n{log[-3000:]}")
+    rates = re.findall(r"\(\s*[\d.]+s,\s*([\d.]+)/s\)", log)  # its per-batch log: (mean time s, mean images/s)
+    images = epochs * (1000 // batch_size * batch_size + test_images)  # drop_last training, evaluation every epoch
+    return {"tasks": [task], "epochs": epochs, "runs_at_once": 1, "wall_seconds": wall, "images_per_s": images / wall,
+            "train_loop_images_per_s": float(rates[-1]) if rates else None, "command": shlex.join(command)}
+
+
+def bench_gpu(args: argparse.Namespace) -> None:
+    device = resolve_device(args.device)
+    cuda = device.type == "cuda"
+    peak = args.peak_tflops if cuda else None
+    tasks = [t.name for t in VTAB_TASKS][:args.tasks]
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = compose([*_synthetic(args, device, args.epochs, tmp), f"dataset.like={args.task}"])
+        flops = training_flops(cfg)
+        out = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if cuda else "CPU",
+               "threads": torch.get_num_threads(), "backbone": args.backbone, "method": args.method,
+               "image_size": cfg.backbone.image_size, "batch_size": args.batch_size,
+               "training_gflops_per_image": flops / 1e9, "peak_tflops": peak, "rows": []}
+        rows = out["rows"]
+        if "a" in args.parts:
+            rows.append({"name": f"(a) {args.task}, train.py",
+                         **timed_sweep(args, device, [args.task], args.epochs, 1, flops, peak)})
+            out["bare_loop_images_per_s"] = bare_loop(cfg, device, min(args.epochs, 10))
+            out["runner_over_bare"] = rows[-1]["train_loop_images_per_s"] / out["bare_loop_images_per_s"]
+    if "b" in args.parts:
+        table = [{"name": f"(b) {len(tasks)} tasks, train.py -m",
+                  **timed_sweep(args, device, tasks, args.table_epochs or args.epochs, n, flops, peak)}
+                 for n in args.runs_per_gpu]
+        rows += table
+        out["best"] = min(table, key=lambda r: r["wall_seconds"])
+    model = SSF_MODELS.get(args.backbone)
+    if "c" in args.parts and args.ssf_repo and model:
+        rows.append({"name": f"(c) {args.task}, official SSF train.py", **official_ssf(
+            args.ssf_repo, args.ssf_python, args.task, args.epochs, args.batch_size, out["image_size"], model)})
+        if "a" in args.parts:
+            out["ssf_over_runner"] = rows[-1]["wall_seconds"] / rows[0]["wall_seconds"]
+    elif "c" in args.parts:
+        out["ssf"] = (f"skipped: the official SSF code has no model for backbone {args.backbone}" if args.ssf_repo
+                      else "skipped: no --ssf-repo (a checkout of dongzelian/SSF)")
+    _print_gpu(out, args)
+    if args.out:
+        Path(args.out).write_text(json.dumps(out, indent=2))
+
+
+def _print_gpu(out: dict, args: argparse.Namespace) -> None:
+    def cell(value, spec: str) -> str:
+        return "–" if value is None else format(value, spec)
+
+    print(f"device: {out['device']} ({out['device_name']}, {out['threads']} threads); {out['backbone']} + "
+          f"{out['method']} at {out['image_size']}², batch {out['batch_size']}, synthetic data in VTAB-1k sizes; "
+          f"training {out['training_gflops_per_image']:.2f} GFLOP/image; bf16 peak "
+          f"{cell(out['peak_tflops'], '.0f')} TFLOP/s")
+    print(f"{'':38s} {'epochs':>6s} {'at once':>7s} {'wall s':>8s} {'images/s':>9s} {'TFLOP/s':>8s} {'% peak':>6s} "
+          f"{'peak MiB':>9s}")
+    for r in out["rows"]:
+        fraction = None if r.get("peak_fraction") is None else 100 * r["peak_fraction"]
+        print(f"{r['name']:38s} {r['epochs']:6d} {r['runs_at_once']:7d} {r['wall_seconds']:8.1f} "
+              f"{r['images_per_s']:9,.0f} {cell(r.get('tflops_per_s'), '8.3f')} {cell(fraction, '6.1f'):>6s} "
+              f"{cell(r.get('peak_memory_mib'), '9,.0f'):>9s}")
+    if "runner_over_bare" in out:
+        speed = out["rows"][0]["train_loop_images_per_s"]
+        tflops = speed * out["training_gflops_per_image"] / 1e3
+        share = f" = {100 * tflops / out['peak_tflops']:.1f}% of the peak" if out["peak_tflops"] else ""
+        print(f"training loop on {args.task}: runner {speed:,.0f} images/s ({tflops:.3f} TFLOP/s{share}), bare timm "
+              f"loop {out['bare_loop_images_per_s']:,.0f} images/s; runner / bare {out['runner_over_bare']:.3f}")
+    if "best" in out:
+        best = out["best"]
+        print(f"best runs at once: {best['runs_at_once']} ({len(best['tasks'])} tasks in {best['wall_seconds']:.0f} s "
+              f"at {best['epochs']} epochs; {best['projected_wall_seconds']:.0f} s projected at {args.epochs} epochs)")
+    if "ssf_over_runner" in out:
+        print(f"official SSF / runner, wall time on {args.task} at {args.epochs} epochs: {out['ssf_over_runner']:.2f}x")
+    if "ssf" in out:
+        print(f"official SSF: {out['ssf']}")
 
 
 def main() -> None:
@@ -380,9 +578,26 @@ def main() -> None:
     memory.add_argument("--batch-size", type=int, default=8)
     memory.add_argument("--groups", type=int, default=32)
     memory.add_argument("--device", default="auto")
+    gpu = sub.add_parser("gpu", help="train.py end to end on synthetic VTAB-1k data: a task, the table, official SSF")
+    gpu.add_argument("--backbone", default="vit_b16_in21k")
+    gpu.add_argument("--method", default="ssf")
+    gpu.add_argument("--task", default="cifar", help="the task of (a) and (c)")
+    gpu.add_argument("--epochs", type=int, default=100)
+    gpu.add_argument("--table-epochs", type=int, default=None, help="epochs of (b) (default: --epochs)")
+    gpu.add_argument("--tasks", type=int, default=len(VTAB_TASKS), help="the first N tasks of the table in (b)")
+    gpu.add_argument("--runs-per-gpu", type=int, nargs="+", default=[1, 2, 4], help="runs at once, each tried in (b)")
+    gpu.add_argument("--batch-size", type=int, default=64)
+    gpu.add_argument("--parts", nargs="+", choices=["a", "b", "c"], default=["a", "b", "c"])
+    gpu.add_argument("--ssf-repo", default=None, help="a checkout of dongzelian/SSF, for (c)")
+    gpu.add_argument("--ssf-python", default=sys.executable, help="the interpreter command for SSF's code, which "
+                     "needs timm 0.6.5: e.g. 'env PYTHONPATH=DIR python3'")
+    gpu.add_argument("--peak-tflops", type=float, default=790.0, help="bf16 dense peak (H200, measured: 790)")
+    gpu.add_argument("--device", default="auto")
+    gpu.add_argument("--out", default=None, help="also write the numbers as JSON to this file")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    {"runner": bench_runner, "data": bench_data, "dyt": bench_dyt, "memory": bench_memory}[args.bench](args)
+    {"runner": bench_runner, "data": bench_data, "dyt": bench_dyt, "memory": bench_memory,
+     "gpu": bench_gpu}[args.bench](args)
 
 
 if __name__ == "__main__":
