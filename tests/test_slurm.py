@@ -73,3 +73,15 @@ def test_slurm_sweep_matches_local_sweep(cluster, tmp_path):
     done = sweep(local_runs, env=cluster)
     assert done.returncode == 0, done.stdout + done.stderr
     assert top1s(slurm_runs) == top1s(local_runs)
+
+
+@pytest.mark.slow
+def test_a_failed_slurm_run_is_counted_and_the_other_finishes(cluster, tmp_path):
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, str(PROJECT_ROOT / "train.py"), "-m", "method=ssf", "optimizer.lr=1e-2,1e6",
+           *SWEEP[1:], *LAUNCHER, f"paths.runs={runs}"]
+    done = subprocess.run(cmd, cwd=tmp_path, env=cluster, capture_output=True, text=True, timeout=SWEEP_TIMEOUT_S)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert re.search(r"sweep: 2 runs — 1 new, 1 failed: \S+optimizer\.lr@1000000\.0-\w+/seed42/train\.log", output)
+    assert [json.loads(p.read_text())["config"]["optimizer"]["lr"] for p in runs.rglob("metrics.json")] == [0.01]
