@@ -72,6 +72,14 @@ def read_only_runs(tmp: Path, stack: ExitStack) -> list[str]:
     return [f"paths.runs={tmpfs(stack, tmp / 'ro', '1m', readonly=True) / 'runs'}"]
 
 
+def full_cache_disk(tmp: Path, stack: ExitStack) -> list[str]:  # the decoded split needs more than there is
+    return [*vtab(tmp, stack), f"paths.cache_dir={tmpfs(stack, tmp / 'small', '32k')}"]
+
+
+def read_only_cache(tmp: Path, stack: ExitStack) -> list[str]:
+    return [*vtab(tmp, stack), f"paths.cache_dir={tmpfs(stack, tmp / 'ro', '1m', readonly=True)}"]
+
+
 @dataclass
 class Case:
     args: list[str] | Callable[[Path, ExitStack], list[str]]
@@ -124,6 +132,10 @@ CASES = {
     "damaged plan": Case(damaged("plan.json"), "plan.json is damaged", ["force=true"]),
     "full disk at the checkpoint": Case(full_runs_disk, "checkpoint.pt: No space left on device", ["paths.runs"]),
     "read-only runs folder": Case(read_only_runs, "Read-only file system", ["paths.runs"]),
+    "full disk at the decode cache": Case(full_cache_disk, "not enough space in {tmp}/small/decoded",
+                                          ["data.cache_dir="]),
+    "read-only decode cache": Case(read_only_cache, "cannot write the decode cache in {tmp}/ro/decoded",
+                                   ["data.cache_dir="]),
 }
 
 
