@@ -5,7 +5,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from runners import sweep
+from runners import completion, sweep
 from runners.errors import guard, user_errors
 from runners.sweep import RunResult, run_job
 
@@ -23,5 +23,7 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    if "-sc" in sys.argv or "--shell-completion" in sys.argv:
+        completion.install()
     guard(main)
     sys.exit(1 if sweep.failed_runs else 0)

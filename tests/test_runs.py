@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 from runners import compose, run
+from runners.config import PROJECT_ROOT
 from tests.conftest import run_cli
 
 
@@ -131,3 +136,24 @@ def test_config_hash_ignores_where_things_are_kept(tiny_cfg):
                                 "logger=wandb", "device=cpu")) == base
     assert config_hash(tiny_cfg("method=linear", "data.skip_corrupt=true")) != base
     assert config_hash(tiny_cfg("method=linear", "optimizer.lr=0.5")) != base
+
+
+def test_shell_completion_lists_nested_options_without_importing_torch(tmp_path):
+    def complete(line: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-X", "importtime", str(PROJECT_ROOT / "train.py"), "-sc", "query=bash"],
+                              cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "COMP_LINE": line})
+
+    out = complete("python train.py dataset=vtab/c")
+    assert out.stdout.split() == ["dataset=vtab/caltech101", "dataset=vtab/cifar", "dataset=vtab/clevr_count",
+                                  "dataset=vtab/clevr_dist"], out.stderr[-2000:]
+    assert not [line for line in out.stderr.splitlines() if line.rstrip().endswith(("| torch", "| timm"))]
+    everything = complete("python train.py dataset=").stdout.split()
+    assert len(everything) == 34 and "dataset=fgvc/cub" in everything and not any("/_" in o for o in everything)
+    assert complete("python train.py epo").stdout.split() == ["epochs="]  # Hydra's own answer for keys
+
+
+def test_help_lists_options_without_private_bases(tmp_path):
+    out = run_cli("train.py", "--help", cwd=tmp_path)
+    groups = out.stdout.split("== Config ==")[0]
+    assert out.returncode == 0 and "vtab/cifar" in groups and "fgvc/cub" in groups and "ssf_vtab" in groups
+    assert not re.search(r"(^|[ /])_\w", groups, re.MULTILINE), groups  # vtab/_vtab, _base, _noah_vtab
