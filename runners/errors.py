@@ -28,6 +28,13 @@ class UserError(Exception):
     """A run cannot start as configured; the message is the one line shown to the user."""
 
 
+def damaged(path: object, exc: BaseException) -> UserError:
+    """A run-folder file this runner wrote that cannot be read back: named, never trusted or deleted."""
+    why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:80]
+    return UserError(f"{path} is damaged ({why}); look at it, then move it away or rerun with force=true to start the "
+                     f"run over")
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a scheduler's cancel, `kill`), raised like Ctrl-C's KeyboardInterrupt so that every `finally` runs."""
 

@@ -29,7 +29,7 @@ from methods import create_method
 from methods.techniques import GROUPS, Adaptation
 from runners.backbone import build_backbone, resolve_device, weights_tag
 from runners.config import config_hash
-from runners.errors import UserError
+from runners.errors import UserError, damaged
 from runners.io import save_safetensors, write_json, write_text
 from runners.locks import RunLock
 from runners.report import (
@@ -59,16 +59,19 @@ class RunOutcome(dict):
         self.status = status
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise damaged(path, e) from None
+
+
 def _existing(run_dir: Path, digest: str) -> RunOutcome | None:
     """The metrics of a finished run in `run_dir`, announcing the skip in one line."""
     path = run_dir / METRICS
     if not path.exists():
         return None
-    try:
-        metrics = RunOutcome(json.loads(path.read_text()), "done")
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is damaged ({str(e)[:80]}); look at it, then move it away or rerun with force=true "
-                        f"to run again") from None
+    metrics = RunOutcome(_read_json(path), "done")
     old = metrics.get("provenance", {}).get("config_hash")
     differs = "" if old == digest else (f" (its config {old} differs from this one, {digest}: set run_name=... "
                                         f"for a separate run, or force=true to replace it)")
@@ -113,10 +116,7 @@ def _read_plan(run_dir: Path, digest: str) -> dict | None:
     path = run_dir / PLAN
     if not path.exists():
         return None
-    try:
-        saved = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UserError(f"{path} is damaged; rerun with force=true to start the run over") from None
+    saved = _read_json(path)
     if saved.get("config_hash") != digest:
         raise UserError(f"{path} belongs to a run with another config ({saved.get('config_hash')} vs {digest}); "
                         f"rerun with force=true to start over, or set run_name=...")

@@ -35,7 +35,7 @@ from data.loader import DeviceLoader, SplitPass, train_loader
 from data.task import Task
 from methods.base import DataPass, EpochContext, StepContext
 from methods.techniques import Adaptation
-from runners.errors import UserError
+from runners.errors import UserError, damaged
 from runners.io import save_torch
 from runners.loggers import NullLogger
 
@@ -190,8 +190,7 @@ class Trainer:
                 warnings.simplefilter("ignore")
                 state = torch.load(path, map_location=self.device, weights_only=True)
         except Exception as e:  # any failure to read back what this runner wrote: the file is damaged
-            raise UserError(f"{path} is damaged ({str(e).strip().splitlines()[0][:80]}); rerun with force=true to "
-                            f"start the run over") from None
+            raise damaged(path, e) from None
         if state["config_hash"] != self.config_hash:
             raise UserError(f"{path} belongs to a run with another config ({state['config_hash']} vs "
                             f"{self.config_hash}); rerun with force=true to start over, or set run_name=...")
