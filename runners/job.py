@@ -87,9 +87,10 @@ def run(cfg: DictConfig) -> RunOutcome:
     """
     run_dir = Path(cfg.paths.run_dir)
     digest = config_hash(cfg)
-    if not cfg.force and (done := _existing(run_dir, digest)) is not None:
-        return done
     lock = RunLock(run_dir)
+    if not cfg.force and (done := _existing(run_dir, digest)) is not None:
+        lock.clear_if_stale()
+        return done
     if not lock.acquire():
         holder = lock.holder() or {}
         log.info("skipped: %s is being run by pid %s on %s", run_dir, holder.get("pid"), holder.get("host"))

@@ -61,6 +61,11 @@ class RunLock:
             return True
         return False
 
+    def clear_if_stale(self) -> None:
+        """Remove a lock left by a process that died (e.g. killed after its metrics.json was written)."""
+        if self.path.exists() and self._stale():
+            self.path.unlink(missing_ok=True)
+
     def refresh(self) -> None:
         if self.held:
             os.utime(self.path)

@@ -103,6 +103,11 @@ def test_a_live_lock_is_respected_and_a_dead_one_taken_over(tmp_path, tiny_cfg):
     assert finished.status == "new" and (run_dir / "metrics.json").exists() and not (run_dir / ".lock").exists()
     assert run(cfg).status == "done"
 
+    (run_dir / ".lock").write_text(json.dumps(other.me))  # a finished run whose live holder has not let go yet
+    assert run(cfg).status == "done" and (run_dir / ".lock").exists()
+    (run_dir / ".lock").write_text(json.dumps({**other.me, "pid": int(dead.stdout)}))  # killed after metrics.json
+    assert run(cfg).status == "done" and not (run_dir / ".lock").exists()
+
 
 def test_stale_lock_from_another_host_expires(tmp_path):
     lock = RunLock(tmp_path, stale_after=60)
