@@ -103,6 +103,9 @@ class Method(Hooks):
     name: ClassVar[str]
     prefix: ClassVar[str]
     allocates_from_data: ClassVar[bool] = False  # what trains is decided by `prepare`, with no nominal plan
+    # Evaluation computes on a data-dependent number of tokens: each batch would need its own compiled graph, so
+    # `compile=` leaves evaluation eager.
+    eval_shapes_depend_on_data: ClassVar[bool] = False
 
     def attach(self, model: nn.Module, plan: dict | None = None) -> nn.Module | None:
         """Insert the method's modules and set `requires_grad`, in place; with `plan` (from `prepare`), build

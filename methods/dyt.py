@@ -126,6 +126,7 @@ class DyT(Method):
 
     name = "dyt"
     prefix = "dyt_"
+    eval_shapes_depend_on_data = True  # inference runs the MLP on the dispatched tokens only
 
     def __init__(self, target_rate: float = 0.5, rate_weight: float = 2.0, tau: float = 5.0, bottleneck: int = 8,
                  dropout: float = 0.1, distill: bool = True, experts: int = 0):

@@ -53,6 +53,7 @@ class RunSchema:
     weight_decay_1d: bool = MISSING
     amp: bool = MISSING
     deterministic: bool = MISSING
+    compile: str = MISSING
     device: str = MISSING
     force: bool = MISSING
     run_name: str = MISSING
@@ -115,6 +116,8 @@ def _in_range(test: Callable[[float], bool], rule: str) -> tuple[Callable[[objec
     return (lambda v: isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and test(v)), rule
 
 
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")  # `compile=`: none, or a torch.compile mode
+
 # Values the schema's types allow but no run can use: key → (test, the rule said to the user). Absent keys pass.
 RANGES = {
     "epochs": _in_range(lambda v: v >= 1, "≥ 1"),
@@ -132,10 +135,12 @@ RANGES = {
     "data.decode_workers": _in_range(lambda v: v >= 0, "≥ 0 (0: one per CPU)"),
     "data.augment_workers": _in_range(lambda v: v >= 0, "≥ 0 (0: in the training process)"),
 }
+CHOICES = {"compile": COMPILE_MODES}  # keys with a fixed set of values
 
 
 def validate(cfg: DictConfig) -> None:
-    """Every value in `RANGES` (and grad_clip, > 0 or null) within its range, else a `ConfigError` naming the key."""
+    """Every value in `RANGES` (and grad_clip, > 0 or null) within its range and every key of `CHOICES` one of its
+    values, else a `ConfigError` naming the key."""
     checks = {**RANGES, "grad_clip": _in_range(lambda v: v > 0, "> 0, or null for none")}
     for key, (ok, rule) in checks.items():
         try:
@@ -145,6 +150,9 @@ def validate(cfg: DictConfig) -> None:
         if value is None or ok(value):
             continue
         raise ConfigError(f"{key}={value!r} is out of range: it must be {rule}")
+    for key, allowed in CHOICES.items():
+        if (value := cfg.get(key)) not in allowed:
+            raise ConfigError(f"{key}={value} is not one of: {', '.join(allowed)}")
 
 
 def _task_overrides(root: DictConfig) -> list[str]:

@@ -25,7 +25,7 @@ from omegaconf import Container, DictConfig, OmegaConf
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 # Keys that do not change what a run computes: left out of the config hash and of the run folder's name.
-NOT_IN_RESULT = ("force", "paths", "logger", "device", "data.cache_dir", "data.decode_workers",
+NOT_IN_RESULT = ("force", "paths", "logger", "device", "compile", "data.cache_dir", "data.decode_workers",
                  "data.augment_workers", "eval_batch_size", "eval_every", "flops_images", "hydra")
 # Keys and groups the run folder's path already names (a group counts as a path piece by its choice only).
 PATH_PIECES = ("dataset", "backbone", "method", "memory", "quant", "init", "sweep", "seed", "protocol", "run_name",

@@ -1,5 +1,10 @@
 """The training loop: per-iteration schedule, bf16 autocast on CUDA, checkpoint every epoch, resume.
 
+With `compile=<mode>` the model's forward (and so its backward) is run through `torch.compile` in that mode for
+training and evaluation — `reduce-overhead` replays them as CUDA graphs —; the optimizer step stays eager (fused
+AdamW on CUDA). Training batches all have one shape (drop_last) and the last evaluation batch is padded to the
+others', so each model is compiled once per mode (train/eval).
+
 No per-step host synchronisation: losses and logged values accumulate on the device and are read once per
 epoch — which is also where a diverged run (a non-finite loss in any step) is stopped, before its checkpoint is
 written. The method's and techniques' hooks see every step (`extra_loss`) and every epoch (`on_epoch_end`,
@@ -9,6 +14,7 @@ interrupt says where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import math
@@ -17,7 +23,7 @@ import sys
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,10 +92,13 @@ def task_loss(label_smoothing: float) -> Callable[[torch.Tensor, torch.Tensor], 
 
 @dataclass
 class FitResult:
-    train_seconds: float
-    train_images: int
-    steps: int
+    """Training so far: what the checkpoint keeps and the run reports."""
+
+    train_seconds: float = 0.0
+    train_images: int = 0
+    steps: int = 0
     curve: list[dict] = field(default_factory=list)  # intermediate evaluations (eval_every)
+    epoch_seconds: list[float] = field(default_factory=list)  # each epoch's training (the first compiles, if any)
 
     @property
     def images_per_second(self) -> float:
@@ -137,12 +146,54 @@ class Trainer:
         self.ema = ModelEmaV3(model, decay=float(cfg.pipeline.ema)) if cfg.pipeline.get("ema") else None
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16,
                                        enabled=bool(cfg.amp) and device.type == "cuda")
+        self.compile_mode = None if cfg.compile == "none" else str(cfg.compile)
+        self.forward_model = self._compiled(model)
+        self.compile_eval = self.compile_mode is not None and not adaptation.method.eval_shapes_depend_on_data
         self.schedule_origin = 0  # the step the current optimizer and schedule started at
         self._build_optimizer(cfg.epochs)
 
     @property
     def method_name(self) -> str:
         return self.adaptation.method.name
+
+    @property
+    def compiled_as(self) -> str:
+        """How the forward ran, for the provenance."""
+        if not self.compile_mode:
+            return "eager"
+        return f"torch.compile mode={self.compile_mode}" + ("" if self.compile_eval else
+                                                            " (evaluation eager: data-dependent token counts)")
+
+    def _compiled(self, model: nn.Module) -> nn.Module:
+        """`model` behind torch.compile (shares its parameters and modules), or `model` itself when not compiling.
+        Random ops (dropout, drop-path, Gumbel noise) keep torch's own generator, so a compiled run draws the masks
+        the eager run draws."""
+        if not self.compile_mode:
+            return model
+        from torch._inductor import list_mode_options
+
+        options = {**list_mode_options(self.compile_mode, False), "fallback_random": True}  # the mode; eager RNG
+        return torch.compile(model, dynamic=False, options=options)
+
+    @contextlib.contextmanager
+    def _compiling(self) -> Iterator[None]:
+        """A compiler failure (no C++ compiler, an unsupported op) as one line that offers the eager run."""
+        if not self.compile_mode:
+            yield
+            return
+        from torch._dynamo.exc import BackendCompilerFailed  # not imported by eager runs
+
+        try:
+            yield
+        except BackendCompilerFailed as e:
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise UserError(f"torch.compile (compile={self.compile_mode}) failed: {why}; rerun with compile=none"
+                            ) from None
+
+    def _step_begin(self) -> None:
+        """Marks a new step for CUDA graph replays: the previous step's graph outputs are no longer read."""
+        if self.compile_mode:
+            torch.compiler.cudagraph_mark_step_begin()
 
     def _build_optimizer(self, epochs: int) -> None:
         self.optimizer = self._optimizer()
@@ -172,9 +223,10 @@ class Trainer:
     def _checkpoint_path(self) -> Path:
         return self.run_dir / CHECKPOINT
 
-    def _save_checkpoint(self, epoch: int, step: int, seconds: float, images: int, curve: list) -> None:
+    def _save_checkpoint(self, epoch: int, fit: FitResult) -> None:
         save_torch(self._checkpoint_path(), {
-            "epoch": epoch, "step": step, "train_seconds": seconds, "train_images": images, "curve": curve,
+            "epoch": epoch, "step": fit.steps, "train_seconds": fit.train_seconds, "train_images": fit.train_images,
+            "curve": fit.curve, "epoch_seconds": fit.epoch_seconds,
             "trainable": self.adaptation.state(self.model), "optimizer": self.optimizer.state_dict(),
             "schedule": {"origin": self.schedule_origin, "epochs": self.schedule_epochs},
             "ema": self._ema_state() if self.ema is not None else {},
@@ -222,8 +274,9 @@ class Trainer:
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         for x, y in self.train_loader:
             self.scheduler.step_update(step - self.schedule_origin)
+            self._step_begin()
             with self.autocast:
-                logits, aux = self.adaptation.method.training_forward(self.model, x)
+                logits, aux = self.adaptation.method.training_forward(self.forward_model, x)
             loss = self.loss_fn(logits, y)
             epoch_log.add("loss_task", loss)
             ctx = StepContext(epoch, step, x, y, logits, self.loss_fn, epoch_log.add, aux)
@@ -246,35 +299,35 @@ class Trainer:
     def fit(self) -> FitResult:
         epochs = self.cfg.epochs
         state = self._resume()
-        start, step = (state["epoch"], state["step"]) if state else (0, 0)
-        seconds, images = (state["train_seconds"], state["train_images"]) if state else (0.0, 0)
-        curve = list(state["curve"]) if state else []
+        start = state["epoch"] if state else 0
+        fit = FitResult(state["train_seconds"], state["train_images"], state["step"], list(state["curve"]),
+                        list(state.get("epoch_seconds", []))) if state else FitResult()
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
         terminal = sys.stderr.isatty()
         epoch = start
         try:
-            with Progress(*columns, disable=not terminal, transient=True) as progress:
+            with Progress(*columns, disable=not terminal, transient=True) as progress, self._compiling():
                 bar = progress.add_task(f"{self.method_name} · {self.task.name}",
-                                        total=epochs * len(self.train_loader), completed=step)
+                                        total=epochs * len(self.train_loader), completed=fit.steps)
                 for epoch in range(start, epochs):
-                    step, seconds, images = self._epoch(epoch, step, seconds, images, curve, progress, bar, terminal)
+                    self._epoch(epoch, fit, progress, bar, terminal)
         except KeyboardInterrupt as interrupt:
             interrupt.where = f"epoch {epoch + 1}/{epochs} of {self.run_dir}"
             raise
-        return FitResult(train_seconds=seconds, train_images=images, steps=step, curve=curve)
+        return fit
 
-    def _epoch(self, epoch: int, step: int, seconds: float, images: int, curve: list, progress: Progress, bar,
-               terminal: bool) -> tuple[int, float, int]:
-        """One epoch, its hooks, log and checkpoint; (step, train seconds, train images) after it."""
+    def _epoch(self, epoch: int, fit: FitResult, progress: Progress, bar, terminal: bool) -> None:
+        """One epoch, its hooks, log and checkpoint, counted into `fit`."""
         epochs = self.cfg.epochs
         self._sync()
         t0 = time.perf_counter()
         epoch_log = _EpochLog()
-        step = self._train_epoch(epoch, step, progress, bar, epoch_log)
+        step = fit.steps = self._train_epoch(epoch, fit.steps, progress, bar, epoch_log)
         self._sync()
         took = time.perf_counter() - t0
-        seconds += took
-        images += self.train_loader.images_per_epoch
+        fit.train_seconds += took
+        fit.epoch_seconds.append(took)
+        fit.train_images += self.train_loader.images_per_epoch
         values = {**epoch_log.means(), "train/lr": self.optimizer.param_groups[-1]["lr"], "epoch": epoch + 1}
         done = epoch + 1
         if not (math.isfinite(values["train/loss"]) and self._weights_finite()):
@@ -288,7 +341,7 @@ class Trainer:
             hook.on_epoch_end(self.model, ctx)
         if self.cfg.eval_every and done % self.cfg.eval_every == 0 and done != epochs:
             top1 = self.evaluate()
-            curve.append({"epoch": done, "top1": top1})
+            fit.curve.append({"epoch": done, "top1": top1})
             values[f"eval/top1_{self.task.eval.name}"] = top1
         self.logger.log(values, step=step)
         if not terminal:  # a log file or a SLURM log: one line per epoch instead of the progress bar
@@ -296,9 +349,8 @@ class Trainer:
                      values["train/lr"], self.train_loader.images_per_epoch / max(took, 1e-9))
         progress.update(bar, description=f"{self.method_name} · {self.task.name} · epoch {done} "
                                          f"· loss {values['train/loss']:.3f}")
-        self._save_checkpoint(done, step, seconds, images, curve)
+        self._save_checkpoint(done, fit)
         self.heartbeat()
-        return step, seconds, images
 
     def _weights_finite(self) -> bool:
         """Every trainable tensor finite (one reduction, read with the epoch's log)."""
@@ -309,12 +361,22 @@ class Trainer:
     def evaluate(self, model: nn.Module | None = None) -> float:
         """Top-1 accuracy (%) of `model` (default: the model being trained) on the task's evaluation split."""
         model = self.model if model is None else model
+        if not self.compile_eval:
+            forward = model
+        else:
+            forward = self.forward_model if model is self.model else self._compiled(model)
         was_training = model.training
         model.eval()
         correct = torch.zeros((), dtype=torch.long, device=self.device)
-        for x, y in self.eval_loader:
-            with self.autocast:
-                correct += (model(x).argmax(dim=-1) == y).sum()
+        size = min(self.eval_loader.batch_size, len(self.task.eval))
+        with self._compiling():
+            for x, y in self.eval_loader:
+                n = len(x)
+                if forward is not model and n < size:  # the batch shape compiled for: no second compilation
+                    x = torch.cat([x, x.new_zeros((size - n, *x.shape[1:]))])
+                self._step_begin()
+                with self.autocast:
+                    correct += (forward(x)[:n].argmax(dim=-1) == y).sum()
         model.train(was_training)
         return 100.0 * correct.item() / len(self.task.eval)
 

@@ -80,6 +80,11 @@ def read_only_cache(tmp: Path, stack: ExitStack) -> list[str]:
     return [*vtab(tmp, stack), f"paths.cache_dir={tmpfs(stack, tmp / 'ro', '1m', readonly=True)}"]
 
 
+def no_cxx_compiler(tmp: Path, stack: ExitStack) -> list[str]:  # inductor needs one to compile for the CPU
+    stack.enter_context(pytest.MonkeyPatch.context()).setenv("CXX", str(tmp / "no-g++"))
+    return ["compile=default", f"paths.cache_dir={tmp / 'cache'}"]
+
+
 @dataclass
 class Case:
     args: list[str] | Callable[[Path, ExitStack], list[str]]
@@ -103,6 +108,7 @@ CASES = {
     "run name leaving the runs folder": Case(["run_name=../../../x"], "run folder piece '../../../x' would leave "
                                                                       "paths.runs"),
     "bad logger mode": Case(["logger=wandb", "logger.mode=bogus"], "logger.mode"),
+    "compile mode": Case(["compile=fast"], "compile=fast is not one of: none, default, reduce-overhead, max-autotune"),
     # ranges
     "batch size 0": Case(["batch_size=0"], "batch_size=0 is out of range: it must be ≥ 1"),
     "eval batch size 0": Case(["eval_batch_size=0"], "eval_batch_size=0 is out of range"),
@@ -120,6 +126,8 @@ CASES = {
     "no prompts": Case(["method=vpt", "method.prompt_length=0"], "method.prompt_length=0 must be at least 1"),
     # training that fails is not a result
     "divergence": Case(["optimizer.lr=1e6"], "training diverged in epoch 1/1 (loss nan); lower optimizer.lr"),
+    "no compiler for compile=": Case(no_cxx_compiler, "torch.compile (compile=default) failed: InvalidCxxCompiler",
+                                     ["{tmp}/no-g++", "rerun with compile=none"]),
     # files
     "missing checkpoint": Case(["backbone.checkpoint=/nowhere/ViT-B_16.npz"],
                                "backbone checkpoint /nowhere/ViT-B_16.npz does not exist; fix backbone.checkpoint="),

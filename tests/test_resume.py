@@ -43,6 +43,8 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_cfg, monkeypatch, tmp_p
     resumed = run(cfg)
     assert resumed["top1"] == straight["top1"]
     assert resumed["top1_curve"] == straight["top1_curve"]
+    assert len(resumed["train_epoch_seconds"]) == len(straight["train_epoch_seconds"]) == resumed["epochs"]
+    assert resumed["train_seconds"] == pytest.approx(sum(resumed["train_epoch_seconds"]))
     a = load_file(Path(straight["config"]["paths"]["run_dir"]) / "trainable.safetensors")
     b = load_file(run_dir / "trainable.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from data import DecodeCache, build_task
+from runners import compose, run
 from runners.backbone import build_backbone
+from runners.config import config_hash
 from runners.job import build_adaptation
 from runners.schedule import cosine_with_warmup
 from runners.trainer import Trainer
+from tests.conftest import TINY
 
 
 def trainer_for(cfg, tmp_path) -> Trainer:
@@ -51,3 +57,32 @@ def test_cosine_with_linear_warmup_per_iteration():
     assert lr_at(20) == pytest.approx(1e-6 + (0.1 - 1e-6) * 0.5 * (1 + torch.cos(torch.tensor(0.2 * torch.pi))))
     assert lr_at(100) == pytest.approx(1e-6)
     assert lr_at(40) > lr_at(41)  # decays every iteration, not every epoch
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method, graphs, how", [
+    ("ssf", 2, "torch.compile mode=default"),  # training; the merged model's evaluation
+    ("dyt", 1, "torch.compile mode=default (evaluation eager: data-dependent token counts)"),  # per-call taps
+])
+def test_a_compiled_run_is_the_eager_run(method, graphs, how, tmp_path):
+    """compile=default runs the same run (its folder and config hash) to float rounding: training compiled once
+    (all batches one shape), the evaluated model once (its last batch padded), and the provenance says so."""
+    from torch._dynamo.utils import counters
+
+    def cfg(*extra: str):
+        return compose([*TINY, f"method={method}", "eval_batch_size=100", *extra])
+
+    eager_cfg = cfg(f"paths.runs={tmp_path / 'a'}")
+    compiled_cfg = cfg(f"paths.runs={tmp_path / 'b'}", "compile=default")
+    assert config_hash(eager_cfg) == config_hash(compiled_cfg)
+    folders = [Path(c.paths.run_dir).relative_to(tmp_path / d) for c, d in ((eager_cfg, "a"), (compiled_cfg, "b"))]
+    assert folders[0] == folders[1]
+    eager = run(eager_cfg)
+    counters.clear()
+    compiled = run(compiled_cfg)
+    assert eager["provenance"]["eval_images"] % 100 != 0  # a short last batch, padded for the compiled model
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert eager["provenance"]["compiled"] == "eager" and compiled["provenance"]["compiled"] == how
+    assert abs(compiled["top1"] - eager["top1"]) <= 100 / eager["provenance"]["eval_images"]  # one image at most
+    a, b = (load_file(Path(c.paths.run_dir) / "trainable.safetensors") for c in (eager_cfg, compiled_cfg))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-4) for k in a)
