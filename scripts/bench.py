@@ -19,9 +19,11 @@ epoch (as NOAH-lineage code does), with `--workers` processes. Target: later epo
 `--pipeline` (per-sample augmentation in `--workers` processes where the pipeline has it). Target: under 5 %.
 
 `gpu`: `train.py` end to end on synthetic data in VTAB-1k's real split sizes (`dataset=synthetic`, random-init
-backbone: no dataset, no weights) — (a) one task for `--epochs`, its training loop against the bare timm loop;
-(b) the `--tasks` first tasks of the VTAB-1k table for `--table-epochs`, `n` runs at once for each `n` of
-`--runs-per-gpu` (`hydra/launcher=parallel`), the best `n` kept and the table's time projected to `--epochs`;
+backbone: no dataset, no weights) — (a) one task for `--epochs` with each `--compile` mode (the first the
+baseline; wall time and the median epoch's speed against it), its training loop against the bare timm loop;
+(b) the `--tasks` first tasks of the VTAB-1k table for `--table-epochs` with the fastest mode of (a), `n` runs at
+once for each `n` of `--runs-per-gpu` (`hydra/launcher=parallel`), the best `n` kept and the table's time projected
+to `--epochs`;
 (c) with `--ssf-repo`, the official SSF `train.py` on the same task, epochs and images, for the ratio of wall times.
 Wall time, images/s (training and evaluation), FLOP/s against `--peak-tflops` (bf16 dense) and peak memory.
 """
@@ -34,6 +36,7 @@ import logging
 import os
 import re
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -51,7 +54,7 @@ from data.vtab import VTAB_TASKS, vtab_task
 from methods import create_method
 from runners import compose, run
 from runners.backbone import build_backbone, resolve_device
-from runners.config import PROJECT_ROOT
+from runners.config import COMPILE_MODES, PROJECT_ROOT
 from runners.report import count_params, gmacs_at_size, gmacs_per_image, peak_memory
 
 
@@ -366,11 +369,13 @@ def bench_memory(args: argparse.Namespace) -> None:
               f"({saving.get('saving')}/{saving.get('wrapped')} compressed ops save memory)")
 
 
-def _synthetic(args: argparse.Namespace, device: torch.device, epochs: int, runs: str | Path) -> list[str]:
+def _synthetic(args: argparse.Namespace, device: torch.device, epochs: int, runs: str | Path,
+               compile_mode: str = "none") -> list[str]:
     """The overrides of a run on synthetic data with a random-init backbone, its folders under `runs`."""
     return [f"backbone={args.backbone}", "backbone.pretrained=false", "backbone.checkpoint=null",
             f"method={args.method}", "dataset=synthetic", f"epochs={epochs}", f"batch_size={args.batch_size}",
-            "logger=none", f"device={device}", f"paths.runs={runs}", f"paths.cache_dir={runs}/cache"]
+            f"compile={compile_mode}", "logger=none", f"device={device}", f"paths.runs={runs}",
+            f"paths.cache_dir={runs}/cache"]
 
 
 def training_flops(cfg) -> float:
@@ -387,14 +392,15 @@ def training_flops(cfg) -> float:
 
 
 def timed_sweep(args: argparse.Namespace, device: torch.device, tasks: list[str], epochs: int, jobs: int,
-                train_flops: float, peak_tflops: float | None) -> dict:
+                train_flops: float, peak_tflops: float | None, compile_mode: str = "none") -> dict:
     """`train.py -m` over `tasks` (synthetic, in their sizes), `jobs` runs at once: its wall time, images/s
     (training and evaluation) and FLOP/s over that time, the largest peak memory of a run, and the wall time
-    projected to `args.epochs` (each run's fixed costs as measured, its training time scaled)."""
+    projected to `args.epochs` (each run's fixed costs as measured, compilation included, plus its median epoch
+    for each further epoch); the training loop's images/s over all epochs and in the median epoch (steady)."""
     with tempfile.TemporaryDirectory() as runs:
         launcher = ["hydra/launcher=parallel", f"hydra.launcher.n_jobs={jobs}"] if jobs > 1 else []
-        command = [sys.executable, str(PROJECT_ROOT / "train.py"), "-m", *_synthetic(args, device, epochs, runs),
-                   f"dataset.like={','.join(tasks)}", *launcher]
+        command = [sys.executable, str(PROJECT_ROOT / "train.py"), "-m",
+                   *_synthetic(args, device, epochs, runs, compile_mode), f"dataset.like={','.join(tasks)}", *launcher]
         t0 = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True)
         wall = time.perf_counter() - t0
@@ -404,14 +410,16 @@ def timed_sweep(args: argparse.Namespace, device: torch.device, tasks: list[str]
     train = sum(round(m["train_images_per_s"] * m["train_seconds"]) for m in metrics)
     evaluated = sum(m["provenance"]["eval_images"] for m in metrics)
     flops = train * train_flops + sum(m["provenance"]["eval_images"] * 2e9 * m["gmacs_per_image"] for m in metrics)
-    scaled = sum(m["wall_seconds"] + m["train_seconds"] * (args.epochs / epochs - 1) for m in metrics)
+    median = [statistics.median(m["train_epoch_seconds"]) for m in metrics]
+    scaled = sum(m["wall_seconds"] + t * (args.epochs - epochs) for m, t in zip(metrics, median, strict=True))
     tflops = flops / wall / 1e12
-    return {"tasks": tasks, "epochs": epochs, "runs_at_once": jobs, "wall_seconds": wall,
+    return {"tasks": tasks, "epochs": epochs, "runs_at_once": jobs, "compile": compile_mode, "wall_seconds": wall,
             "train_images": train, "eval_images": evaluated, "images_per_s": (train + evaluated) / wall,
             "tflops_per_s": tflops, "peak_fraction": tflops / peak_tflops if peak_tflops else None,
             "peak_memory_mib": max(m["peak_memory_mib"] for m in metrics),
             "peak_memory_kind": metrics[0]["peak_memory_kind"],
             "train_loop_images_per_s": train / sum(m["train_seconds"] for m in metrics),
+            "steady_images_per_s": train / sum(t * epochs for t in median),
             "projected_wall_seconds": wall * scaled / sum(m["wall_seconds"] for m in metrics)}
 
 
@@ -491,13 +499,20 @@ def bench_gpu(args: argparse.Namespace) -> None:
                "training_gflops_per_image": flops / 1e9, "peak_tflops": peak, "rows": []}
         rows = out["rows"]
         if "a" in args.parts:
-            rows.append({"name": f"(a) {args.task}, train.py",
-                         **timed_sweep(args, device, [args.task], args.epochs, 1, flops, peak)})
+            single = [{"name": f"(a) {args.task}, train.py" + ("" if mode == "none" else f" compile={mode}"),
+                       **timed_sweep(args, device, [args.task], args.epochs, 1, flops, peak, mode)}
+                      for mode in args.compile]
+            rows += single
             out["bare_loop_images_per_s"] = bare_loop(cfg, device, min(args.epochs, 10))
-            out["runner_over_bare"] = rows[-1]["train_loop_images_per_s"] / out["bare_loop_images_per_s"]
+            out["runner_over_bare"] = single[0]["train_loop_images_per_s"] / out["bare_loop_images_per_s"]
+            out["best_single"] = min(single, key=lambda r: r["wall_seconds"])
+            out["compile"] = {r["compile"]: {"wall": single[0]["wall_seconds"] / r["wall_seconds"],
+                                             "steady": r["steady_images_per_s"] / single[0]["steady_images_per_s"]}
+                              for r in single[1:]}
+    compile_mode = out["best_single"]["compile"] if "best_single" in out else args.compile[0]
     if "b" in args.parts:
         table = [{"name": f"(b) {len(tasks)} tasks, train.py -m",
-                  **timed_sweep(args, device, tasks, args.table_epochs or args.epochs, n, flops, peak)}
+                  **timed_sweep(args, device, tasks, args.table_epochs or args.epochs, n, flops, peak, compile_mode)}
                  for n in args.runs_per_gpu]
         rows += table
         out["best"] = min(table, key=lambda r: r["wall_seconds"])
@@ -505,8 +520,8 @@ def bench_gpu(args: argparse.Namespace) -> None:
     if "c" in args.parts and args.ssf_repo and model:
         rows.append({"name": f"(c) {args.task}, official SSF train.py", **official_ssf(
             args.ssf_repo, args.ssf_python, args.task, args.epochs, args.batch_size, out["image_size"], model)})
-        if "a" in args.parts:
-            out["ssf_over_runner"] = rows[-1]["wall_seconds"] / rows[0]["wall_seconds"]
+        if "best_single" in out:
+            out["ssf_over_runner"] = rows[-1]["wall_seconds"] / out["best_single"]["wall_seconds"]
     elif "c" in args.parts:
         out["ssf"] = (f"skipped: the official SSF code has no model for backbone {args.backbone}" if args.ssf_repo
                       else "skipped: no --ssf-repo (a checkout of dongzelian/SSF)")
@@ -523,13 +538,16 @@ def _print_gpu(out: dict, args: argparse.Namespace) -> None:
           f"{out['method']} at {out['image_size']}², batch {out['batch_size']}, synthetic data in VTAB-1k sizes; "
           f"training {out['training_gflops_per_image']:.2f} GFLOP/image; bf16 peak "
           f"{cell(out['peak_tflops'], '.0f')} TFLOP/s")
-    print(f"{'':38s} {'epochs':>6s} {'at once':>7s} {'wall s':>8s} {'images/s':>9s} {'TFLOP/s':>8s} {'% peak':>6s} "
+    print(f"{'':46s} {'epochs':>6s} {'at once':>7s} {'wall s':>8s} {'images/s':>9s} {'TFLOP/s':>8s} {'% peak':>6s} "
           f"{'peak MiB':>9s}")
     for r in out["rows"]:
         fraction = None if r.get("peak_fraction") is None else 100 * r["peak_fraction"]
-        print(f"{r['name']:38s} {r['epochs']:6d} {r['runs_at_once']:7d} {r['wall_seconds']:8.1f} "
+        print(f"{r['name']:46s} {r['epochs']:6d} {r['runs_at_once']:7d} {r['wall_seconds']:8.1f} "
               f"{r['images_per_s']:9,.0f} {cell(r.get('tflops_per_s'), '8.3f')} {cell(fraction, '6.1f'):>6s} "
               f"{cell(r.get('peak_memory_mib'), '9,.0f'):>9s}")
+    for mode, ratio in out.get("compile", {}).items():
+        print(f"compile={mode} / eager on {args.task}, speed: wall time ×{ratio['wall']:.2f} (compilation included), "
+              f"training loop ×{ratio['steady']:.2f} (median epoch)")
     if "runner_over_bare" in out:
         speed = out["rows"][0]["train_loop_images_per_s"]
         tflops = speed * out["training_gflops_per_image"] / 1e3
@@ -538,10 +556,12 @@ def _print_gpu(out: dict, args: argparse.Namespace) -> None:
               f"loop {out['bare_loop_images_per_s']:,.0f} images/s; runner / bare {out['runner_over_bare']:.3f}")
     if "best" in out:
         best = out["best"]
-        print(f"best runs at once: {best['runs_at_once']} ({len(best['tasks'])} tasks in {best['wall_seconds']:.0f} s "
+        print(f"best runs at once: {best['runs_at_once']} ({len(best['tasks'])} tasks with compile={best['compile']} "
+              f"in {best['wall_seconds']:.0f} s "
               f"at {best['epochs']} epochs; {best['projected_wall_seconds']:.0f} s projected at {args.epochs} epochs)")
     if "ssf_over_runner" in out:
-        print(f"official SSF / runner, wall time on {args.task} at {args.epochs} epochs: {out['ssf_over_runner']:.2f}x")
+        print(f"official SSF / runner (compile={out['best_single']['compile']}), wall time on {args.task} at "
+              f"{args.epochs} epochs: {out['ssf_over_runner']:.2f}x")
     if "ssf" in out:
         print(f"official SSF: {out['ssf']}")
 
@@ -588,6 +608,8 @@ def main() -> None:
     gpu.add_argument("--runs-per-gpu", type=int, nargs="+", default=[1, 2, 4], help="runs at once, each tried in (b)")
     gpu.add_argument("--batch-size", type=int, default=64)
     gpu.add_argument("--parts", nargs="+", choices=["a", "b", "c"], default=["a", "b", "c"])
+    gpu.add_argument("--compile", nargs="+", choices=COMPILE_MODES, default=["none"],
+                     help="compile= modes timed in (a), the first the baseline; (b) uses the fastest (else the first)")
     gpu.add_argument("--ssf-repo", default=None, help="a checkout of dongzelian/SSF, for (c)")
     gpu.add_argument("--ssf-python", default=sys.executable, help="the interpreter command for SSF's code, which "
                      "needs timm 0.6.5: e.g. 'env PYTHONPATH=DIR python3'")

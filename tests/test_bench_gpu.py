@@ -34,15 +34,18 @@ def test_synthetic_data_has_the_real_sizes(like, protocol, train, evaluated, cla
 def test_bench_gpu_on_cpu_prints_the_table_and_the_ratio(tmp_path):
     out = tmp_path / "bench.json"
     result = run_cli("scripts/bench.py", "gpu", "--backbone", "vit_test", "--epochs", "2", "--table-epochs", "1",
-                     "--tasks", "2", "--runs-per-gpu", "2", "--out", str(out), cwd=tmp_path,
-                     env={"OMP_NUM_THREADS": "1"})
+                     "--tasks", "2", "--runs-per-gpu", "2", "--compile", "none", "default", "--out", str(out),
+                     cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
-    for line in ("(a) cifar, train.py", "(b) 2 tasks, train.py -m", "runner / bare", "best runs at once: 2",
+    for line in ("(a) cifar, train.py", "(a) cifar, train.py compile=default", "(b) 2 tasks, train.py -m",
+                 "runner / bare", "best runs at once: 2", "compile=default / eager on cifar, speed: wall time ×",
                  "official SSF: skipped: no --ssf-repo"):
         assert line in result.stdout
     numbers = json.loads(out.read_text())
-    a, b = numbers["rows"]
+    a, compiled, b = numbers["rows"]
     assert a["eval_images"] == TEST_SIZES["cifar"] and a["train_images"] == 2 * 960  # 15 batches of 64 an epoch
+    assert (a["compile"], compiled["compile"]) == ("none", "default") and compiled["train_images"] == a["train_images"]
+    assert b["compile"] == numbers["best_single"]["compile"] and set(numbers["compile"]) == {"default"}
     assert b["eval_images"] == TEST_SIZES["cifar"] + TEST_SIZES["caltech101"] and b["runs_at_once"] == 2
     assert numbers["runner_over_bare"] > 0 and numbers["peak_tflops"] is None  # no bf16 peak on a CPU
 
