@@ -89,7 +89,8 @@ def run(cfg: DictConfig) -> RunOutcome:
     digest = config_hash(cfg)
     lock = RunLock(run_dir)
     if not cfg.force and (done := _existing(run_dir, digest)) is not None:
-        lock.clear_if_stale()
+        if lock.clear_if_stale():  # its writer was killed after metrics.json, before removing its checkpoint
+            (run_dir / CHECKPOINT).unlink(missing_ok=True)
         return done
     if not lock.acquire():
         holder = lock.holder() or {}

@@ -61,10 +61,13 @@ class RunLock:
             return True
         return False
 
-    def clear_if_stale(self) -> None:
-        """Remove a lock left by a process that died (e.g. killed after its metrics.json was written)."""
+    def clear_if_stale(self) -> bool:
+        """Remove a lock left by a process that died (e.g. killed after its metrics.json was written); whether
+        there was one."""
         if self.path.exists() and self._stale():
             self.path.unlink(missing_ok=True)
+            return True
+        return False
 
     def refresh(self) -> None:
         if self.held:

@@ -82,7 +82,7 @@ def test_killed_sweep_reruns_exactly_the_unfinished_runs(vtab_root, uninterrupte
     assert counts.get("done before") == len(done)
     assert counts.get("resumed", 0) + counts.get("new", 0) == 19 - len(done)
     assert table(runs) == table(uninterrupted)
-    assert not list(runs.rglob(".lock"))
+    assert not list(runs.rglob(".lock")) and not list(runs.rglob("checkpoint.pt"))
 
 
 def test_a_live_lock_is_respected_and_a_dead_one_taken_over(tmp_path, tiny_cfg):
@@ -106,7 +106,8 @@ def test_a_live_lock_is_respected_and_a_dead_one_taken_over(tmp_path, tiny_cfg):
     (run_dir / ".lock").write_text(json.dumps(other.me))  # a finished run whose live holder has not let go yet
     assert run(cfg).status == "done" and (run_dir / ".lock").exists()
     (run_dir / ".lock").write_text(json.dumps({**other.me, "pid": int(dead.stdout)}))  # killed after metrics.json
-    assert run(cfg).status == "done" and not (run_dir / ".lock").exists()
+    (run_dir / "checkpoint.pt").write_bytes(b"left behind")
+    assert run(cfg).status == "done" and not (run_dir / ".lock").exists() and not (run_dir / "checkpoint.pt").exists()
 
 
 def test_stale_lock_from_another_host_expires(tmp_path):
