@@ -182,3 +182,18 @@ def test_geometry_centre_crop_keeps_aspect():
     out = Geometry(32, "bicubic", 0.875).apply(image)
     assert out.size == (32, 32)
     assert json.dumps(Geometry(32).describe())
+
+
+def test_a_split_stays_on_the_gpu_while_it_takes_at_most_a_quarter_of_its_free_memory(monkeypatch):
+    from data.loader import fits_on_device
+
+    gib = 1 << 30
+    free = {"now": 141 * gib}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (free["now"], 141 * gib))
+    gpu, dsprites_test = torch.device("cuda", 0), 73_728 * 3 * 224 * 224  # 11.1 GB of uint8 at 224²
+    assert fits_on_device(dsprites_test, gpu)
+    free["now"] = 40 * gib  # others share the GPU: a quarter of what is free is 10 GiB
+    assert not fits_on_device(dsprites_test, gpu) and fits_on_device(4 * gib, gpu)
+    free["now"] = 0
+    assert fits_on_device(4 * gib, gpu) and not fits_on_device(4 * gib + 1, gpu)
+    assert fits_on_device(100 * gib, torch.device("cpu"))
