@@ -150,7 +150,7 @@ def _decode(path: Path, geometry: Geometry) -> np.ndarray | None:
     return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """Whether process `pid` of this host exists (one of another user counts)."""
     try:
         os.kill(pid, 0)
@@ -270,7 +270,7 @@ class DecodeCache:
         host = socket.gethostname()
         for partial in self.directory.glob("*.partial-*"):
             owner, _, pid = partial.name.rpartition(".partial-")[2].rpartition("-")
-            if owner == host and pid.isdigit() and not _alive(int(pid)):
+            if owner == host and pid.isdigit() and not process_alive(int(pid)):
                 log.info("removing %s, left by a killed build", partial)
                 shutil.rmtree(partial, ignore_errors=True)
 

@@ -16,7 +16,7 @@ from huggingface_hub import constants as hub_constants
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from runners.errors import UserError
+from runners.errors import UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -149,9 +149,7 @@ def load_state_dict_file(model: nn.Module, path: Path, prefix: str | None = None
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    first = text[0] if text else ""
-    return f"{type(e).__name__}: {first[:100]}{'…' if len(first) > 100 else ''}"
+    return f"{type(e).__name__}: {first_line(e)}"
 
 
 def resolve_device(device: str) -> torch.device:

@@ -28,11 +28,16 @@ class UserError(Exception):
     """A run cannot start as configured; the message is the one line shown to the user."""
 
 
+def first_line(exc: BaseException, limit: int | None = 100) -> str:
+    """The first line of `exc`'s message (its type's name when it has none), cut at `limit` characters."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return text if limit is None or len(text) <= limit else f"{text[:limit]}…"
+
+
 def damaged(path: object, exc: BaseException) -> UserError:
     """A run-folder file this runner wrote that cannot be read back: named, never trusted or deleted."""
-    why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:80]
-    return UserError(f"{path} is damaged ({why}); look at it, then move it away or rerun with force=true to start the "
-                     f"run over")
+    return UserError(f"{path} is damaged ({first_line(exc, 80)}); look at it, then move it away or rerun with "
+                     f"force=true to start the run over")
 
 
 class Terminated(KeyboardInterrupt):

@@ -13,6 +13,8 @@ import socket
 import time
 from pathlib import Path
 
+from data.cache import process_alive
+
 
 class RunLock:
     def __init__(self, run_dir: str | Path, stale_after: float = 3600.0):
@@ -32,13 +34,7 @@ class RunLock:
         if holder is None:
             return True
         if holder.get("host") == self.me["host"]:
-            try:
-                os.kill(int(holder["pid"]), 0)
-            except ProcessLookupError:
-                return True
-            except PermissionError:
-                return False
-            return False
+            return not process_alive(int(holder["pid"]))
         try:
             return time.time() - self.path.stat().st_mtime > self.stale_after
         except FileNotFoundError:

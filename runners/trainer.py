@@ -41,7 +41,7 @@ from data.loader import DeviceLoader, SplitPass, train_loader
 from data.task import Task
 from methods.base import DataPass, EpochContext, StepContext
 from methods.techniques import Adaptation
-from runners.errors import UserError, damaged
+from runners.errors import UserError, damaged, first_line
 from runners.io import save_torch
 from runners.loggers import NullLogger
 
@@ -186,9 +186,8 @@ class Trainer:
         try:
             yield
         except BackendCompilerFailed as e:
-            why = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise UserError(f"torch.compile (compile={self.compile_mode}) failed: {why}; rerun with compile=none"
-                            ) from None
+            raise UserError(f"torch.compile (compile={self.compile_mode}) failed: {first_line(e, None)}; rerun with "
+                            f"compile=none") from None
 
     def _step_begin(self) -> None:
         """Marks a new step for CUDA graph replays: the previous step's graph outputs are no longer read."""
