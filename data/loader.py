@@ -45,10 +45,13 @@ class DeviceLoader:
                  batch_ops: Sequence[BatchOp] = ()):
         resident = fits_on_device(split.images.numel() * split.images.element_size(), device)
         self.images = split.images.to(device) if resident else split.images.pin_memory()
-        self.labels = split.labels.to(device)
-        self.batch_size, self.device, self.batch_ops = batch_size, device, list(batch_ops)
+        self._batching(split.labels.to(device), batch_size, device, mean, std, shuffle, drop_last, seed, batch_ops)
+
+    def _batching(self, labels: torch.Tensor, batch_size: int, device: torch.device, mean: Sequence[float],
+                  std: Sequence[float], shuffle: bool, drop_last: bool, seed: int, batch_ops: Sequence[BatchOp]):
+        self.labels, self.batch_size, self.device, self.batch_ops = labels, batch_size, device, list(batch_ops)
         self.shuffle, self.seed, self.epoch = shuffle, seed, 0
-        self.drop_last = drop_last and len(split) >= batch_size
+        self.drop_last = drop_last and len(labels) >= batch_size
         self._normalise = Normalise(mean, std, device)
 
     def set_epoch(self, epoch: int) -> None:
@@ -163,11 +166,7 @@ class AugmentedLoader(DeviceLoader):
     def __init__(self, split: Split, batch_size: int, device: torch.device, mean: Sequence[float],
                  std: Sequence[float], transform: Callable, shuffle: bool = True, drop_last: bool = True,
                  seed: int = 0, batch_ops: Sequence[BatchOp] = (), workers: int = 0):
-        self.split, self.batch_size, self.device, self.batch_ops = split, batch_size, device, list(batch_ops)
-        self.labels = split.labels
-        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
-        self.drop_last = drop_last and len(split) >= batch_size
-        self._normalise = Normalise(mean, std, device)
+        self._batching(split.labels, batch_size, device, mean, std, shuffle, drop_last, seed, batch_ops)
         self.loader = torch.utils.data.DataLoader(_Samples(split, transform, seed), batch_sampler=_Batches(self),
                                                   num_workers=workers, persistent_workers=workers > 0,
                                                   pin_memory=device.type == "cuda")
