@@ -3,8 +3,8 @@
 # ViT-B/16 + SSF, synthetic data in VTAB-1k's sizes, random-init weights (no dataset, no download).
 #   compile: (a) cifar at COMPILE_EPOCHS epochs eager and with each of COMPILE: the fastest mode is used below
 #   single:  (a) cifar, 100 epochs, train.py end to end, and its training loop against the bare timm loop
-#   table:   (b) the first SEARCH_TASKS tasks at TABLE_EPOCHS epochs with each of RUNS runs at once, then the whole
-#            19-task table with the best of them, projected to 100 epochs
+#   table:   (b) the first SEARCH_TASKS tasks at TABLE_EPOCHS epochs with each of RUNS runs at once (no search when
+#            RUNS is one number), then the whole 19-task table with the best of them, projected to 100 epochs
 #   ssf:     (c) only with SSF_REPO (a dongzelian/SSF checkout) and SSF_PYTHONPATH (a folder holding timm 0.6.5, which
 #            SSF's code needs): the official SSF train.py against train.py on cifar at SSF_EPOCHS epochs
 # Needs python3 with torch and timm (the machine's), and hydra-core, omegaconf, antlr4-python3-runtime and
@@ -43,10 +43,13 @@ if step single; then
   bench --parts a --compile "$MODE" --out "$OUT/a.json"
 fi
 if step table; then
-  # shellcheck disable=SC2086
-  bench --parts b --compile "$MODE" --tasks "$SEARCH_TASKS" --table-epochs "$TABLE_EPOCHS" --runs-per-gpu $RUNS \
-    --out "$OUT/search.json"
-  best=$(field "$OUT/search.json" "['best']['runs_at_once']")
+  read -ra runs <<< "$RUNS"
+  best=${runs[0]}
+  if (( ${#runs[@]} > 1 )); then
+    bench --parts b --compile "$MODE" --tasks "$SEARCH_TASKS" --table-epochs "$TABLE_EPOCHS" --runs-per-gpu "${runs[@]}" \
+      --out "$OUT/search.json"
+    best=$(field "$OUT/search.json" "['best']['runs_at_once']")
+  fi
   bench --parts b --compile "$MODE" --table-epochs "$TABLE_EPOCHS" --runs-per-gpu "$best" --out "$OUT/table.json"
 fi
 if step ssf && [[ -n "${SSF_REPO:-}" ]]; then
