@@ -409,7 +409,8 @@ def timed_sweep(args: argparse.Namespace, device: torch.device, tasks: list[str]
         sys.exit(f"{shlex.join(command)} failed (exit {done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
     train = sum(round(m["train_images_per_s"] * m["train_seconds"]) for m in metrics)
     evaluated = sum(m["provenance"]["eval_images"] for m in metrics)
-    flops = train * train_flops + sum(m["provenance"]["eval_images"] * 2e9 * m["gmacs_per_image"] for m in metrics)
+    eval_flops = sum(m["provenance"]["eval_images"] * 2e9 * m["gmacs_per_image"] for m in metrics)
+    flops = train * train_flops + eval_flops
     median = [statistics.median(m["train_epoch_seconds"]) for m in metrics]
     scaled = sum(m["wall_seconds"] + t * (args.epochs - epochs) for m, t in zip(metrics, median, strict=True))
     tflops = flops / wall / 1e12
@@ -420,7 +421,8 @@ def timed_sweep(args: argparse.Namespace, device: torch.device, tasks: list[str]
             "peak_memory_kind": metrics[0]["peak_memory_kind"],
             "train_loop_images_per_s": train / sum(m["train_seconds"] for m in metrics),
             "steady_images_per_s": train / sum(t * epochs for t in median),
-            "projected_wall_seconds": wall * scaled / sum(m["wall_seconds"] for m in metrics)}
+            "projected_wall_seconds": wall * scaled / sum(m["wall_seconds"] for m in metrics),
+            "projected_flops": train * train_flops * args.epochs / epochs + eval_flops}
 
 
 SSF_MODELS = {"vit_b16_in21k": "vit_base_patch16_224_in21k", "vit_b16_augreg_in21k": "vit_base_patch16_224_in21k"}
@@ -559,6 +561,10 @@ def _print_gpu(out: dict, args: argparse.Namespace) -> None:
         print(f"best runs at once: {best['runs_at_once']} ({len(best['tasks'])} tasks with compile={best['compile']} "
               f"in {best['wall_seconds']:.0f} s "
               f"at {best['epochs']} epochs; {best['projected_wall_seconds']:.0f} s projected at {args.epochs} epochs)")
+        floor = "" if out["peak_tflops"] is None else \
+            f" = {best['projected_flops'] / out['peak_tflops'] / 1e12:.0f} s at 100% of the bf16 peak"
+        print(f"the {len(best['tasks'])} tasks at {args.epochs} epochs compute {best['projected_flops']:.3g} FLOP "
+              f"(training and evaluation){floor}")
     if "ssf_over_runner" in out:
         print(f"official SSF / runner (compile={out['best_single']['compile']}), wall time on {args.task} at "
               f"{args.epochs} epochs: {out['ssf_over_runner']:.2f}x")

@@ -39,7 +39,7 @@ def test_bench_gpu_on_cpu_prints_the_table_and_the_ratio(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     for line in ("(a) cifar, train.py", "(a) cifar, train.py compile=default", "(b) 2 tasks, train.py -m",
                  "runner / bare", "best runs at once: 2", "compile=default / eager on cifar, speed: wall time ×",
-                 "official SSF: skipped: no --ssf-repo"):
+                 "the 2 tasks at 2 epochs compute", "official SSF: skipped: no --ssf-repo"):
         assert line in result.stdout
     numbers = json.loads(out.read_text())
     a, compiled, b = numbers["rows"]
@@ -48,6 +48,9 @@ def test_bench_gpu_on_cpu_prints_the_table_and_the_ratio(tmp_path):
     assert b["compile"] == numbers["best_single"]["compile"] and set(numbers["compile"]) == {"default"}
     assert b["eval_images"] == TEST_SIZES["cifar"] + TEST_SIZES["caltech101"] and b["runs_at_once"] == 2
     assert numbers["runner_over_bare"] > 0 and numbers["peak_tflops"] is None  # no bf16 peak on a CPU
+    train_flops = b["train_images"] * numbers["training_gflops_per_image"] * 1e9
+    eval_flops = b["tflops_per_s"] * 1e12 * b["wall_seconds"] - train_flops  # (b) ran 1 epoch, projected to 2
+    assert b["projected_flops"] == pytest.approx(2 * train_flops + eval_flops, rel=1e-9) and eval_flops > 0
 
 
 STUB_SSF = '''
