@@ -396,7 +396,8 @@ def timed_sweep(args: argparse.Namespace, device: torch.device, tasks: list[str]
     """`train.py -m` over `tasks` (synthetic, in their sizes), `jobs` runs at once: its wall time, images/s
     (training and evaluation) and FLOP/s over that time, the largest peak memory of a run, and the wall time
     projected to `args.epochs` (each run's fixed costs as measured, compilation included, plus its median epoch
-    for each further epoch); the training loop's images/s over all epochs and in the median epoch (steady)."""
+    for each further epoch); the training loop's images/s over all epochs and in the median epoch (steady). The
+    median leaves out the first epoch, which holds compilation and warm-up, where there is a later one."""
     with tempfile.TemporaryDirectory() as runs:
         launcher = ["hydra/launcher=parallel", f"hydra.launcher.n_jobs={jobs}"] if jobs > 1 else []
         command = [sys.executable, str(PROJECT_ROOT / "train.py"), "-m",
@@ -411,7 +412,7 @@ def timed_sweep(args: argparse.Namespace, device: torch.device, tasks: list[str]
     evaluated = sum(m["provenance"]["eval_images"] for m in metrics)
     eval_flops = sum(m["provenance"]["eval_images"] * 2e9 * m["gmacs_per_image"] for m in metrics)
     flops = train * train_flops + eval_flops
-    median = [statistics.median(m["train_epoch_seconds"]) for m in metrics]
+    median = [statistics.median(m["train_epoch_seconds"][1:] or m["train_epoch_seconds"]) for m in metrics]
     scaled = sum(m["wall_seconds"] + t * (args.epochs - epochs) for m, t in zip(metrics, median, strict=True))
     tflops = flops / wall / 1e12
     return {"tasks": tasks, "epochs": epochs, "runs_at_once": jobs, "compile": compile_mode, "wall_seconds": wall,
